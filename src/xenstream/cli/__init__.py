@@ -1,0 +1,1 @@
+"""Command-line interfaces: ``xenstream`` and the upstream drop-ins."""

@@ -1,0 +1,282 @@
+"""Exact, forward-only input over a file descriptor.
+
+:class:`Source` is the only thing in xenstream that reads input bytes.  It
+guarantees, whatever the descriptor is:
+
+* reads are exact: short reads (pipes, sockets) are looped over;
+* on a non-seekable descriptor no byte beyond what the caller asked for is
+  ever read, so a parent process sharing the descriptor can read on from the
+  very next byte;
+* on a seekable descriptor small reads are served from a small window read
+  with ``pread``, skips are free (no read at all), and :meth:`Source.close`
+  (or leaving the ``with`` block) puts the descriptor's offset exactly at the
+  end of what was consumed;
+* memory is bounded: nothing here allocates more than the caller asks for,
+  and :meth:`Source.skip` moves through any amount of data in bounded chunks
+  (``splice`` to ``/dev/null`` where the OS has it).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from types import TracebackType
+from typing import Optional, Type, Union
+
+from xenstream.errors import TruncatedError, UsageError
+
+#: Size of the read window used on seekable input.  Small on purpose: a
+#: verifier that skips page data should read about this much per record.
+WINDOW = 16 * 1024
+#: Chunk used to discard data from a non-seekable input.
+DISCARD_CHUNK = 1024 * 1024
+
+PathOrFd = Union[str, int]
+
+
+def _is_seekable(fd: int) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        return False
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return False
+    return True
+
+
+class Source:
+    """A forward-only reader over one file descriptor.
+
+    ``pos`` is the absolute offset of the next byte to be consumed: the file
+    offset for seekable input, the count of bytes consumed since the start
+    otherwise.
+    """
+
+    def __init__(self, fd: int, *, name: str = "", close_fd: bool = False) -> None:
+        self.fd = fd
+        self.name = name or f"fd {fd}"
+        self.close_fd = close_fd
+        self.seekable = _is_seekable(fd)
+        self.start = os.lseek(fd, 0, os.SEEK_CUR) if self.seekable else 0
+        self.pos = self.start
+        self.size: Optional[int] = None
+        if self.seekable:
+            self.size = os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(fd, self.pos, os.SEEK_SET)
+        self._win = b""
+        self._win_start = 0
+        self._closed = False
+        self._discard: Optional[bytearray] = None
+        self._devnull: Optional[int] = None
+        #: bytes obtained from the OS by read()/pread() (not skipped)
+        self.bytes_read = 0
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, spec: PathOrFd, *, allow_bare_fd: bool = False) -> Source:
+        """Open ``spec``: a path, ``-`` (stdin), ``/dev/fd/N``, or an fd number.
+
+        A bare number is taken as a descriptor only when ``allow_bare_fd`` is
+        set (the drop-ins' ``--in FD``) or when ``spec`` is an ``int``.
+        """
+        if isinstance(spec, int):
+            return cls(spec, name=f"fd {spec}")
+        if spec == "-":
+            return cls(sys.stdin.fileno(), name="<stdin>")
+        if allow_bare_fd and spec.isdigit():
+            fd = int(spec)
+            try:
+                os.fstat(fd)
+            except OSError as e:
+                raise UsageError(f"cannot use file descriptor {fd}: {e.strerror}") from None
+            return cls(fd, name=f"fd {fd}")
+        if spec.startswith("/dev/fd/") and spec[8:].isdigit():
+            # Use the descriptor itself rather than reopening: reopening a
+            # pipe is fine but reopening a file would start at offset 0 and
+            # lose the shared-offset contract.
+            fd = int(spec[8:])
+            try:
+                os.fstat(fd)
+            except OSError as e:
+                raise UsageError(f"cannot use {spec}: {e.strerror}") from None
+            return cls(fd, name=spec)
+        try:
+            fd = os.open(spec, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise UsageError(f"cannot open {spec}: {e.strerror}") from None
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"cannot read {spec}: is a directory")
+        return cls(fd, name=spec, close_fd=True)
+
+    # -- context management --------------------------------------------------
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the descriptor's offset at ``pos`` (seekable) and release it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.seekable:
+            try:
+                os.lseek(self.fd, self.pos, os.SEEK_SET)
+            except OSError:
+                pass
+        if self._devnull is not None:
+            os.close(self._devnull)
+        if self.close_fd:
+            os.close(self.fd)
+
+    # -- reading -------------------------------------------------------------
+
+    def remaining(self) -> Optional[int]:
+        """Bytes left before end of file, when that is known (seekable input)."""
+        if self.size is None:
+            return None
+        return max(0, self.size - self.pos)
+
+    def _os_read(self, n: int) -> bytes:
+        """Read up to exactly ``n`` bytes at ``pos`` (fewer only at EOF)."""
+        if self.seekable:
+            chunks = []
+            got = 0
+            while got < n:
+                b = os.pread(self.fd, n - got, self.pos + got)
+                if not b:
+                    break
+                chunks.append(b)
+                got += len(b)
+            data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        else:
+            b = os.read(self.fd, n)
+            if len(b) == n or not b:
+                data = b
+            else:
+                parts = [b]
+                got = len(b)
+                while got < n:
+                    b = os.read(self.fd, n - got)
+                    if not b:
+                        break
+                    parts.append(b)
+                    got += len(b)
+                data = b"".join(parts)
+        self.bytes_read += len(data)
+        return data
+
+    def read_upto(self, n: int) -> bytes:
+        """Consume and return up to ``n`` bytes; fewer only at end of stream."""
+        if n <= 0:
+            return b""
+        if self.seekable:
+            off = self.pos - self._win_start
+            if 0 <= off and off + n <= len(self._win):
+                self.pos += n
+                return self._win[off : off + n]
+            if n < WINDOW:
+                self._win = self._os_read(WINDOW)
+                self._win_start = self.pos
+                data = self._win[:n]
+            else:
+                data = self._os_read(n)
+        else:
+            data = self._os_read(n)
+        self.pos += len(data)
+        return data
+
+    def read(self, n: int, *, what: str = "", layer: str = "") -> bytes:
+        """Consume exactly ``n`` bytes or raise :class:`TruncatedError`."""
+        at = self.pos
+        data = self.read_upto(n)
+        if len(data) != n:
+            raise TruncatedError(at, n, len(data), what=what, layer=layer)
+        return data
+
+    def peek_eof(self) -> bool:
+        """True when no byte is left.  Only answerable without reading on
+        seekable input; on a pipe this returns False (the caller reads and
+        handles a short read instead)."""
+        return self.size is not None and self.pos >= self.size
+
+    def skip(self, n: int, *, what: str = "", layer: str = "") -> None:
+        """Consume ``n`` bytes without keeping them.
+
+        Seekable input: no read at all, only a bounds check against the file
+        size.  Otherwise the bytes are moved to ``/dev/null`` with ``splice``
+        where available, or read into one reusable buffer.
+        """
+        if n <= 0:
+            return
+        at = self.pos
+        if self.seekable:
+            assert self.size is not None
+            if self.pos + n > self.size:
+                got = max(0, self.size - self.pos)
+                self.pos = self.size
+                raise TruncatedError(at, n, got, what=what, layer=layer)
+            self.pos += n
+            return
+        left = n
+        if hasattr(os, "splice"):
+            left = self._skip_splice(left)
+        if left:
+            if self._discard is None:
+                self._discard = bytearray(DISCARD_CHUNK)
+            view = memoryview(self._discard)
+            while left:
+                k = min(left, DISCARD_CHUNK)
+                got = os.readv(self.fd, [view[:k]])
+                if got <= 0:
+                    raise TruncatedError(at, n, n - left, what=what, layer=layer)
+                self.bytes_read += got
+                self.pos += got
+                left -= got
+
+    def _skip_splice(self, left: int) -> int:
+        """Move ``left`` bytes from a pipe to /dev/null; return what is left."""
+        if self._devnull is None:
+            try:
+                self._devnull = os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return left
+        splice = os.splice  # type: ignore[attr-defined]
+        while left:
+            try:
+                got = splice(self.fd, self._devnull, min(left, DISCARD_CHUNK))
+            except OSError:
+                return left  # not a pipe: fall back to reading
+            if got <= 0:
+                break
+            self.pos += got
+            left -= got
+        return left
+
+    def copy_to(self, out_fd: int, n: int, *, what: str = "", layer: str = "") -> None:
+        """Move ``n`` bytes to ``out_fd`` (used by the writer and converter)."""
+        at = self.pos
+        left = n
+        while left:
+            data = self.read_upto(min(left, DISCARD_CHUNK))
+            if not data:
+                raise TruncatedError(at, n, n - left, what=what, layer=layer)
+            view = memoryview(data)
+            while view:
+                w = os.write(out_fd, view)
+                view = view[w:]
+            left -= len(data)

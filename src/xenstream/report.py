@@ -1,0 +1,118 @@
+"""Rendering of verification results and record listings (text and JSON)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, List, Optional, TextIO
+
+from xenstream.findings import ERROR, WARNING
+from xenstream.parser import EndOfInput, Header, Item, Legacy, Record, XlConfig
+from xenstream.verify import Result
+
+
+def finding_lines(res: Result, name: str, *, warnings: bool = True) -> List[str]:
+    out = []
+    for f in res.findings:
+        if f.severity == ERROR:
+            out.append(f.line(name))
+        elif f.severity == WARNING and warnings:
+            out.append(f"{name}: offset {f.offset:#x}, {f.what}: warning: {f.message}")
+    return out
+
+
+def chain(res: Result) -> str:
+    s = res.summary
+    parts = []
+    for layer in res.layers:
+        if layer == "libxc" and "libxc" in s:
+            parts.append(f"libxc v{s['libxc']['version']}")
+        elif layer == "libxl":
+            parts.append("libxl v2")
+        elif layer == "xl":
+            xs = s.get("xl", {})
+            parts.append("xl" + (" (STREAMv2)" if xs.get("streamv2") else ""))
+        else:
+            parts.append(layer)
+    return " -> ".join(parts) if parts else "unrecognised"
+
+
+def verdict(res: Result, name: str) -> str:
+    s = res.summary
+    bits = [chain(res)]
+    if s.get("guest_type"):
+        g = s["guest_type"].upper()
+        if s.get("guest_width"):
+            g += f" {s['guest_width']}-bit"
+        bits.append(g)
+    if "pages" in s:
+        bits.append(f"{s['pages']} pages")
+    if "vcpus" in s:
+        bits.append(f"{len(s['vcpus'])} vcpu{'s' if len(s['vcpus']) != 1 else ''}")
+    cp = s.get("checkpoints", {})
+    if cp.get("kind"):
+        bits.append(f"{cp['kind'].upper()}, {cp['complete']} complete checkpoints")
+    ne = len(res.errors)
+    nw = len(res.warnings)
+    state = "valid" if res.valid else f"INVALID ({ne} error{'s' if ne != 1 else ''})"
+    if nw:
+        state += f", {nw} warning{'s' if nw != 1 else ''}"
+    return f"{name}: {state}: {', '.join(bits)}"
+
+
+def to_json(res: Result) -> str:
+    return json.dumps(res.to_json(), indent=2, sort_keys=False)
+
+
+class RecordPrinter:
+    """``-v`` listing: one line per header or record, runs of PAGE_DATA squashed."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self._run: Optional[Record] = None
+        self._run_n = 0
+        self._run_bytes = 0
+
+    def _flush(self) -> None:
+        if self._run is not None and self._run_n > 1:
+            self.emit(f"{'':>12}   ... {self._run_n - 1} more {self._run.name} records "
+                      f"({self._run_bytes} bytes in all)")
+        self._run = None
+        self._run_n = 0
+        self._run_bytes = 0
+
+    def __call__(self, item: Item) -> None:
+        if isinstance(item, Record):
+            if self._run is not None and item.name == self._run.name and item.layer == self._run.layer:
+                self._run_n += 1
+                self._run_bytes += item.length
+                return
+            self._flush()
+            if item.name == "PAGE_DATA":
+                self._run = item
+                self._run_n = 1
+                self._run_bytes = item.length
+            self.emit(f"{item.offset:#012x}  {item.layer:<6} #{item.index:<5} "
+                      f"{item.name:<24} length {item.length}")
+            return
+        self._flush()
+        if isinstance(item, Header):
+            fields = ", ".join(f"{k}={v:#x}" for k, v in item.fields.items())
+            self.emit(f"{item.offset:#012x}  {item.layer:<6} {item.kind}: {fields}")
+        elif isinstance(item, XlConfig):
+            self.emit(f"{item.offset:#012x}  xl     optional data: {item.optional_data_len} "
+                      f"bytes, config_len {item.config_len}")
+        elif isinstance(item, Legacy):
+            self.emit(f"{item.offset:#012x}  legacy {item.guess.describe() if item.guess else 'legacy stream'}")
+        elif isinstance(item, EndOfInput):
+            self.emit(f"{item.offset:#012x}  {item.layer:<6} end of input")
+
+    def close(self) -> None:
+        self._flush()
+
+
+def print_lines(lines: List[str], stream: TextIO) -> None:
+    for line in lines:
+        print(line, file=stream)
+
+
+__all__ = ["finding_lines", "verdict", "to_json", "RecordPrinter", "chain", "Any"]

@@ -1,0 +1,388 @@
+"""The verifier: a consumer of the pull parser that applies every layer's rules.
+
+:func:`verify` walks an image once, forward, hands each header and record to
+the checker of its layer (:mod:`xenstream.xl`, :mod:`xenstream.libxl`,
+:mod:`xenstream.libxc`, :mod:`xenstream.hvm`), follows checkpoints across
+layers, and returns a :class:`Result` with every finding and a summary.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from xenstream import libxc, libxl
+from xenstream.errors import FormatError, TruncatedError
+from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
+from xenstream.io import Source
+from xenstream.libxc import LibxcChecker
+from xenstream.libxl import LibxlChecker
+from xenstream.parser import (
+    LAYER_LIBXC,
+    LAYER_LIBXL,
+    EndOfInput,
+    Header,
+    Item,
+    Legacy,
+    Parser,
+    Record,
+    XlConfig,
+)
+from xenstream.xl import XlChecker
+
+SCHEMA_VERSION = 1
+#: Small libxl records (END, LIBXC_CONTEXT, CHECKPOINT_*) are checked on this
+#: many leading bytes; the rest, which Xen reads and discards, is skipped.
+LIBXL_SMALL_PREFIX = 64
+XENSTORE_CHUNK = 1 << 20
+
+
+@dataclass
+class Result:
+    file: str
+    valid: bool = True
+    layers: List[str] = field(default_factory=list)
+    findings: List[Finding] = field(default_factory=list)
+    summary: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    end_offset: int = 0
+
+    @property
+    def errors(self) -> List[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self) -> List[Finding]:
+        return [f for f in self.findings if f.severity == WARNING]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "file": self.file,
+            "valid": self.valid,
+            "layers": self.layers,
+            "findings": [f.to_json() for f in self.findings],
+            "summary": self.summary,
+            "notes": self.notes,
+        }
+
+
+class _Ctx:
+    """What a finding is about right now."""
+
+    offset = 0
+    layer = ""
+    what = "header"
+    index: Optional[int] = None
+    rtype: Optional[str] = None
+
+
+class Verifier:
+    def __init__(self, src: Source, *, format: Optional[str] = None, lenient: bool = False,
+                 check_trailing: bool = True,
+                 on_item: Optional[Callable[[Item], None]] = None) -> None:
+        self.src = src
+        self.parser = Parser(src, format=format)
+        self.lenient = lenient
+        self.check_trailing = check_trailing
+        self.on_item = on_item
+        self.result = Result(src.name)
+        self.ctx = _Ctx()
+        self.xl: Optional[XlChecker] = None
+        self.libxl: Optional[LibxlChecker] = None
+        self.libxc: Optional[LibxcChecker] = None
+        self.counts: Counter[str] = Counter()
+        self.records = 0
+        self.libxc_done = False  # libxc END seen
+        self.last_libxl: Optional[int] = None  # type of the last libxl record
+        self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
+        self.legacy: Optional[Legacy] = None
+
+    # -- reporting ---------------------------------------------------------------
+
+    def report(self, severity: str, rule: str, authority: str, tolerated: bool,
+               message: str, *, offset: Optional[int] = None) -> None:
+        if self.lenient and severity == ERROR and tolerated:
+            severity = WARNING
+        c = self.ctx
+        self.result.findings.append(Finding(
+            severity=severity, offset=c.offset if offset is None else offset, layer=c.layer,
+            what=c.what, rule=rule, authority=authority, restore_tolerates=tolerated,
+            message=message, record_index=c.index, record_type=c.rtype))
+
+    def _at(self, item: Any) -> None:
+        c = self.ctx
+        c.offset = item.offset
+        c.layer = item.layer
+        c.what = item.what
+        if isinstance(item, Record):
+            c.index = item.index
+            c.rtype = item.name
+        else:
+            c.index = None
+            c.rtype = None
+
+    # -- main loop ------------------------------------------------------------------
+
+    def run(self) -> Result:
+        res = self.result
+        try:
+            for item in self.parser.items():
+                self._at(item)
+                if self.on_item is not None:
+                    self.on_item(item)
+                if isinstance(item, Header):
+                    self._header(item)
+                elif isinstance(item, XlConfig):
+                    assert self.xl is not None
+                    self.xl.optional_data(item.optional_data_len, item.config_len, item.config)
+                elif isinstance(item, Record):
+                    self._record(item)
+                elif isinstance(item, Legacy):
+                    self._legacy(item)
+                elif isinstance(item, EndOfInput):
+                    self._end_of_input(item)
+            self._finish()
+        except TruncatedError as e:
+            self._truncated(e)
+        except FormatError as e:
+            self.ctx.offset = e.offset
+            if e.what:
+                self.ctx.what = e.what
+            self.ctx.layer = e.layer or self.ctx.layer
+            self.report(ERROR, e.rule, SPEC if e.rule in ("unrecognised", "format-mismatch")
+                        else RESTORE, False, e.message)
+        res.layers = list(self.parser.state.layers)
+        res.end_offset = self.src.pos
+        res.valid = not res.errors
+        res.summary = self._summary()
+        for chk in (self.libxc,):
+            if chk is not None:
+                res.notes.extend(chk.notes)
+        return res
+
+    # -- items -----------------------------------------------------------------------
+
+    def _header(self, h: Header) -> None:
+        if h.kind == "xl header":
+            self.xl = XlChecker(self.report)
+            from xenstream import xl as xlmod
+            raw_bo = h.fields["byteorder"]
+            self.xl.header(h.endian if raw_bo == xlmod.BYTEORDER else None, h.fields)
+        elif h.kind == "libxl header":
+            self.libxl = LibxlChecker(self.report)
+            self.libxl.header(h.fields)
+        elif h.kind == "libxc image header":
+            nr = self.xl.info.max_vcpus() if self.xl else None
+            self.libxc = LibxcChecker(self.report, nr_vcpus=nr)
+            self.libxc.image_header(h.fields)
+        elif h.kind == "libxc domain header":
+            assert self.libxc is not None
+            self.libxc.domain_header(h.fields)
+            self._cross_check_guest()
+
+    def _cross_check_guest(self) -> None:
+        assert self.libxc is not None
+        if self.xl is None:
+            return
+        cfg = self.xl.info.guest_type()
+        got = self.libxc.s.guest
+        if cfg is None or got is None:
+            return
+        want = "pv" if cfg == "pv" else "hvm"  # PVH is HVM at the libxc level
+        if want != got:
+            self.report(ERROR, "guest-type-mismatch", RESTORE, False,
+                        f"expected an x86 {want.upper()} stream (the xl config says type "
+                        f"{cfg!r}), found x86 {got.upper()}: libxc restores into a domain "
+                        "built from the config and refuses the other type")
+
+    def _record(self, rec: Record) -> None:
+        self.records += 1
+        self.counts[f"{rec.layer}:{rec.name}"] += 1
+        if rec.layer == LAYER_LIBXC:
+            self._libxc_record(rec)
+        else:
+            self._libxl_record(rec)
+        pad = rec.finish()
+        if any(pad):
+            self.report(ERROR, "padding-zero", SPEC, True,
+                        f"expected {len(pad)} zero padding bytes, found {pad.hex(' ')}",
+                        offset=rec.body_offset + rec.length)
+
+    def _libxc_record(self, rec: Record) -> None:
+        chk = self.libxc
+        assert chk is not None
+        st = self.parser.state
+        # COLO: every checkpoint after the first starts with CHECKPOINT_STATE
+        if (st.colo and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END
+                and self.since_checkpoint == 0 and st.checkpoint_ends):
+            self.report(ERROR, "colo-checkpoint-state-missing", RESTORE, False,
+                        "expected CHECKPOINT_STATE after CHECKPOINT_END in a COLO stream, found "
+                        "a libxc record")
+        self.last_libxl = None
+        rtype = rec.rtype
+        body: Optional[bytes] = None
+        known = rtype in libxc.RECORD_NAMES
+        if known and rtype != libxc.REC_TYPE_PAGE_DATA:
+            body = rec.body(libxc.REC_LENGTH_MAX)
+        elif rtype == libxc.REC_TYPE_PAGE_DATA and rec.length < 8:
+            body = rec.body()
+        if rtype == libxc.REC_TYPE_END and st.checkpoints and self.since_checkpoint:
+            self.report(WARNING, "end-discards-checkpoint", RESTORE, True,
+                        f"END after {self.since_checkpoint} records of an unfinished checkpoint: "
+                        "the restorer discards them and keeps the last complete checkpoint")
+        chk.record(rtype, rec.length, body, rec.read)
+        if rtype == libxc.REC_TYPE_CHECKPOINT:
+            self.since_checkpoint = 0
+            if chk.s.guest == "pv" and st.colo:
+                pass
+        else:
+            self.since_checkpoint += 1
+        if rtype == libxc.REC_TYPE_END:
+            self.libxc_done = True
+
+    def _libxl_record(self, rec: Record) -> None:
+        chk = self.libxl
+        assert chk is not None
+        st = self.parser.state
+        rtype = rec.rtype
+        rest: Any = ()
+        if rtype == libxl.REC_TYPE_EMULATOR_CONTEXT:
+            body = rec.read(min(rec.length, 12))
+        elif rtype == libxl.REC_TYPE_EMULATOR_XENSTORE_DATA:
+            body = rec.read(min(rec.length, 8))
+            rest = rec.chunks(XENSTORE_CHUNK)
+        elif rtype in libxl.RECORD_NAMES:
+            body = rec.read(min(rec.length, LIBXL_SMALL_PREFIX))
+        else:
+            body = None
+        guest = self.libxc.s.guest if self.libxc else None
+        in_cp = st.in_checkpoint
+        if rtype == libxl.REC_TYPE_CHECKPOINT_END:
+            # the parser has already closed the section when it yields the
+            # record?  No: it closes after; in_checkpoint is still True here.
+            in_cp = st.in_checkpoint
+        colo = rtype == libxl.REC_TYPE_CHECKPOINT_STATE and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END
+        chk.record(rtype, rec.length, body, guest=guest, in_checkpoint=in_cp, colo=colo,
+                   after_libxc=self.libxc_done or st.checkpoints > 0, rest=rest)
+        if rtype == libxl.REC_TYPE_CHECKPOINT_STATE and colo and guest == "pv":
+            self.report(ERROR, "colo-pv", RESTORE, False,
+                        "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
+        self.last_libxl = rtype
+
+    def _legacy(self, item: Legacy) -> None:
+        self.legacy = item
+        what = item.guess.describe() if item.guess else "legacy (Xen <= 4.5) stream"
+        where = "after the xl header (STREAMv2 flag clear)" if item.container == "xl" else ""
+        self.report(ERROR, "legacy-stream", RESTORE, False,
+                    f"legacy stream: convert it ({what}{', ' + where if where else ''}); "
+                    "Xen >= 4.6 restores it only through convert-legacy-stream")
+
+    def _complete_checkpoints(self) -> int:
+        st = self.parser.state
+        if self.libxl is not None:
+            return st.checkpoint_ends
+        return st.checkpoints
+
+    def _end_of_input(self, item: EndOfInput) -> None:
+        n = self._complete_checkpoints()
+        kind = "COLO" if self.parser.state.colo else "Remus"
+        self.report(WARNING, "checkpoint-eof", RESTORE, True,
+                    f"checkpointed ({kind}) stream ends at end of input after {n} complete "
+                    f"checkpoint{'s' if n != 1 else ''}: a restore fails over to checkpoint {n}")
+
+    def _truncated(self, e: TruncatedError) -> None:
+        n = self._complete_checkpoints()
+        self.ctx.offset = e.offset
+        if e.what:
+            self.ctx.what = e.what
+        self.ctx.layer = e.layer or self.ctx.layer
+        if n >= 1 and not self.parser.state.finished:
+            kind = "COLO" if self.parser.state.colo else "Remus"
+            self.report(WARNING, "checkpoint-eof", RESTORE, True,
+                        f"checkpointed ({kind}) stream ends inside checkpoint {n + 1} ({e.message}): "
+                        f"what a dying primary leaves; a restore fails over to checkpoint {n}")
+            self._finish(truncated=True)
+        else:
+            extra = ""
+            if self.parser.state.checkpoints:
+                extra = " before the first complete checkpoint"
+            self.report(ERROR, "truncated", RESTORE, False, e.message + extra)
+
+    def _finish(self, truncated: bool = False) -> None:
+        if self.legacy is not None:
+            return
+        st = self.parser.state
+        if self.libxc is not None:
+            self.ctx.what = "end of stream"
+            self.ctx.offset = self.src.pos
+            self.ctx.index = None
+            self.ctx.rtype = None
+            self.ctx.layer = LAYER_LIBXC
+            self.libxc.finish(checkpointed=bool(st.checkpoints))
+        if (self.libxl is not None and self.libxl.s.libxc_contexts == 0
+                and not truncated and self.libxl.s.ended):
+            pass  # reported at END
+        if (not truncated and self.check_trailing and st.finished
+                and self.src.remaining()):
+            self.ctx.what = "end of stream"
+            self.ctx.offset = self.src.pos
+            self.ctx.layer = st.layers[0] if st.layers else ""
+            self.report(WARNING, "trailing-data", SPEC, True,
+                        f"{self.src.remaining()} bytes after the final END (the restorer never "
+                        "reads them)")
+
+    # -- summary -----------------------------------------------------------------------
+
+    def _summary(self) -> Dict[str, Any]:
+        st = self.parser.state
+        s: Dict[str, Any] = {"records": self.records, "bytes": self.src.pos - self.src.start}
+        if self.xl is not None:
+            i = self.xl.info
+            s["xl"] = {"streamv2": i.streamv2, "mandatory_flags": i.mandatory_flags,
+                       "config": i.config_kind, "endian": "big" if i.endian == ">" else "little"}
+        if self.libxl is not None:
+            ls = self.libxl.s
+            s["libxl"] = {"version": 2, "endian": "big" if ls.endian == ">" else "little",
+                          "converted_from_legacy": ls.legacy_converted,
+                          "emulators": sorted(set(ls.emulator_ids)),
+                          "xenstore_keys": ls.xenstore_keys,
+                          "emulator_context_bytes": ls.emulator_context_bytes}
+        if self.libxc is not None:
+            cs = self.libxc.s
+            s["libxc"] = {"version": cs.version, "endian": "big" if cs.endian == ">" else "little",
+                          "xen_version": cs.xen_version,
+                          "converted_from_legacy": cs.converted_from_legacy}
+            s["guest_type"] = cs.guest
+            if cs.guest == "pv":
+                s["guest_width"] = cs.width * 8
+                s["vcpus"] = sorted(cs.vcpu_basic)
+                s["max_pfn"] = cs.max_pfn
+            elif cs.guest == "hvm":
+                s["vcpus"] = sorted(cs.hvm_vcpus)
+            s["pages"] = cs.pages
+            s["page_records"] = cs.page_records
+            s["highest_pfn"] = cs.pfns_max
+            s["verify_mode"] = cs.verify_mode
+        if self.legacy is not None:
+            g = self.legacy.guess
+            s["legacy"] = {"container": self.legacy.container,
+                           "width": g.width * 8 if g else None,
+                           "guest_type": g.guest if g else None}
+        n = self._complete_checkpoints()
+        s["checkpoints"] = {
+            "kind": ("colo" if st.colo else "remus") if st.checkpoints else None,
+            "checkpoint_records": st.checkpoints,
+            "complete": n if st.checkpoints else 0,
+        }
+        s["record_counts"] = dict(sorted(self.counts.items()))
+        return s
+
+
+def verify(src: Source, **kw: Any) -> Result:
+    """Verify the image readable from ``src``; see :class:`Verifier`."""
+    return Verifier(src, **kw).run()
+
+
+__all__ = ["Result", "Verifier", "verify", "INFO"]
