@@ -720,7 +720,7 @@ def sample_cpu(vcpu: int = 0, *, rip: int = 0xFFF0, cr3: int = 0) -> bytes:
             regs[f"{s}_limit"] = 0xFFFFFFFF
             regs[f"{s}_arbytes"] = _AR_DATA32
         regs.update(cs_sel=0x10, cs_limit=0xFFFFFFFF, cs_arbytes=_AR_CODE64, ldtr_arbytes=0)
-    return bytes(fpu) + CPU_REGS.pack(**regs)
+    return bytes(fpu) + CPU_REGS.pack("<", **regs)
 
 
 def _sample_lapic_regs(vcpu: int) -> bytes:

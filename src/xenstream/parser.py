@@ -249,9 +249,10 @@ class Parser:
             kind = "xl"
         forced = self.format
         if forced and kind != forced:
-            found = kind or "no known format"
+            found = f"an {kind} stream" if kind == "xl" else (f"a {kind} stream" if kind else
+                                                               "no known format")
             raise FormatError(start, f"expected a {forced} stream (forced by --format), found "
-                              f"{found}" + (f" (a {kind} stream)" if kind else ""),
+                              f"{found}",
                               what="header", layer=forced, rule="format-mismatch")
         self.detected = kind
         if kind == "libxc":
