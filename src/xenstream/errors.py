@@ -33,6 +33,8 @@ class FormatError(XenstreamError):
         what: str = "",
         layer: str = "",
         rule: str = "framing",
+        index: Optional[int] = None,
+        record_type: Optional[str] = None,
     ) -> None:
         super().__init__(message)
         self.offset = offset
@@ -40,6 +42,9 @@ class FormatError(XenstreamError):
         self.what = what
         self.layer = layer
         self.rule = rule
+        #: the record this error is about, when it is about one
+        self.index = index
+        self.record_type = record_type
 
     def __str__(self) -> str:
         where = f"offset {self.offset:#x}"

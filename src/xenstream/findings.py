@@ -8,7 +8,6 @@ restore would tolerate the problem anyway.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 ERROR = "error"
@@ -19,22 +18,39 @@ SPEC = "spec"
 RESTORE = "restore"
 
 
-@dataclass
+_FIELDS = ("severity", "offset", "layer", "what", "rule", "authority", "restore_tolerates",
+           "message", "record_index", "record_type")
+
+
 class Finding:
-    severity: str  # error | warning | info
-    offset: int
-    layer: str
-    what: str  # "header (libxc image header)" or "record #N (TYPE)"
-    rule: str  # short stable identifier, e.g. "page-data-count"
-    authority: str  # spec | restore
-    restore_tolerates: bool
-    message: str  # "expected ..., found ..."
-    record_index: Optional[int] = None
-    record_type: Optional[str] = None
+    """One thing the verifier has to say (a plain class: cheap to import)."""
+
+    __slots__ = _FIELDS
+
+    def __init__(self, severity: str, offset: int, layer: str, what: str, rule: str,
+                 authority: str, restore_tolerates: bool, message: str,
+                 record_index: Optional[int] = None, record_type: Optional[str] = None) -> None:
+        self.severity = severity  # error | warning | info
+        self.offset = offset
+        self.layer = layer
+        self.what = what  # "header (libxc image header)" or "record #N (TYPE)"
+        self.rule = rule  # short stable identifier, e.g. "page-data-count"
+        self.authority = authority  # spec | restore
+        self.restore_tolerates = restore_tolerates
+        self.message = message  # "expected ..., found ..."
+        self.record_index = record_index
+        self.record_type = record_type
 
     def line(self, name: str) -> str:
         return f"{name}: offset {self.offset:#x}, {self.what}: {self.message}"
 
     def to_json(self) -> Dict[str, Any]:
-        d = asdict(self)
-        return d
+        return {k: getattr(self, k) for k in _FIELDS}
+
+    def __repr__(self) -> str:
+        return f"Finding({', '.join(f'{k}={getattr(self, k)!r}' for k in _FIELDS)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Finding) and self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]

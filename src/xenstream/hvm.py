@@ -48,7 +48,6 @@ every bit of Xen's X86_XCR0_STATES, so the check is exact in practice.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
@@ -233,7 +232,7 @@ def xstate_uncompressed_size(xcr0: int) -> int:
     return size
 
 
-def _valid_xcr0(xcr0: int) -> bool:
+def valid_xcr0(xcr0: int) -> bool:
     avx512 = XCR0_OPMASK | XCR0_ZMM | XCR0_HI_ZMM
     if not xcr0 & XCR0_X87:
         return False
@@ -294,25 +293,55 @@ MTRR_VCNT = 8
 # -- public types ---------------------------------------------------------------
 
 
-@dataclass
 class Problem:
-    severity: str  # ERROR | WARNING
-    rule: str
-    authority: str  # SPEC | RESTORE
-    tolerated: bool  # would Xen's restore accept the blob anyway?
-    offset: int  # of the offending descriptor within the blob
-    message: str
+    """One problem in an HVM context blob (a plain class: cheap to import)."""
+
+    __slots__ = ("severity", "rule", "authority", "tolerated", "offset", "message")
+
+    def __init__(self, severity: str, rule: str, authority: str, tolerated: bool,
+                 offset: int, message: str) -> None:
+        self.severity = severity  # ERROR | WARNING
+        self.rule = rule
+        self.authority = authority  # SPEC | RESTORE
+        self.tolerated = tolerated  # would Xen's restore accept the blob anyway?
+        self.offset = offset  # of the offending descriptor within the blob
+        self.message = message
+
+    def __repr__(self) -> str:
+        return (f"Problem({self.severity}, {self.rule}, {self.authority}, "
+                f"tolerated={self.tolerated}, offset={self.offset:#x}, {self.message!r})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 _Add = Callable[[str, str, str, bool, int, str], None]
 
 
-@dataclass
 class Entry:
-    offset: int  # of the descriptor; the body follows at offset + 8
-    typecode: int
-    instance: int
-    length: int
+    """One descriptor of the blob."""
+
+    __slots__ = ("offset", "typecode", "instance", "length")
+
+    def __init__(self, offset: int, typecode: int, instance: int, length: int) -> None:
+        self.offset = offset  # of the descriptor; the body follows at offset + 8
+        self.typecode = typecode
+        self.instance = instance
+        self.length = length
+
+    def __repr__(self) -> str:
+        return (f"Entry(offset={self.offset}, typecode={self.typecode}, "
+                f"instance={self.instance}, length={self.length})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entry) and (self.offset, self.typecode, self.instance,
+                                             self.length) == (other.offset, other.typecode,
+                                                              other.instance, other.length)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def name(self) -> str:
@@ -435,7 +464,7 @@ def _xsave_problem(body: bytes) -> Optional[Tuple[str, bool, str]]:
     if accum & ~XCR0_STATES:
         return ERROR, False, f"expected xcr0_accum within XCR0 states {XCR0_STATES:#x}, found {accum:#x}"
     for name, val in (("xcr0", xcr0), ("xcr0_accum", accum)):
-        if not _valid_xcr0(val):
+        if not valid_xcr0(val):
             return ERROR, False, f"expected a valid {name} (x87 set, dependent states paired), found {val:#x}"
     if h["xcomp_bv"]:
         what = "compacted XSAVE area" if h["xcomp_bv"] & XSTATE_COMPACTION_ENABLED else "xcomp_bv"

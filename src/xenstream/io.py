@@ -22,13 +22,15 @@ import os
 import stat
 import sys
 from types import TracebackType
-from typing import Optional, Type, Union
+from typing import Optional, Tuple, Type, Union
 
 from xenstream.errors import TruncatedError, UsageError
 
 #: Size of the read window used on seekable input.  Small on purpose: a
 #: verifier that skips page data should read about this much per record.
 WINDOW = 16 * 1024
+#: Window used while the records being skipped are small.
+BIG_WINDOW = 256 * 1024
 #: Chunk used to discard data from a non-seekable input.
 DISCARD_CHUNK = 1024 * 1024
 
@@ -70,6 +72,9 @@ class Source:
             os.lseek(fd, self.pos, os.SEEK_SET)
         self._win = b""
         self._win_start = 0
+        #: size of the next window: small while records are large (skipping
+        #: their payload must not read it), large while they are small
+        self._window = WINDOW
         self._closed = False
         self._discard: Optional[bytearray] = None
         self._devnull: Optional[int] = None
@@ -186,11 +191,11 @@ class Source:
             return b""
         if self.seekable:
             off = self.pos - self._win_start
-            if 0 <= off and off + n <= len(self._win):
+            if off >= 0 and off + n <= len(self._win):
                 self.pos += n
                 return self._win[off : off + n]
             if n < WINDOW:
-                self._win = self._os_read(WINDOW)
+                self._win = self._os_read(self._window)
                 self._win_start = self.pos
                 data = self._win[:n]
             else:
@@ -199,6 +204,23 @@ class Source:
             data = self._os_read(n)
         self.pos += len(data)
         return data
+
+    def view(self, n: int) -> Tuple[bytes, int]:
+        """Seekable input only: ``(buf, off)`` where ``buf[off:]`` starts at
+        ``pos`` and holds at least ``n`` bytes (fewer only at end of file).
+        Nothing is consumed; :meth:`advance` consumes."""
+        off = self.pos - self._win_start
+        if off < 0 or off + n > len(self._win):
+            self._win = self._os_read(max(n, self._window))
+            self._win_start = self.pos
+            off = 0
+        return self._win, off
+
+    def advance(self, n: int, window: int) -> None:
+        """Consume ``n`` bytes already checked by the caller to lie within the
+        file (seekable input); ``window`` sizes the next read."""
+        self.pos += n
+        self._window = window
 
     def read(self, n: int, *, what: str = "", layer: str = "") -> bytes:
         """Consume exactly ``n`` bytes or raise :class:`TruncatedError`."""
@@ -226,6 +248,7 @@ class Source:
         at = self.pos
         if self.seekable:
             assert self.size is not None
+            self._window = BIG_WINDOW if n < BIG_WINDOW // 4 else WINDOW
             if self.pos + n > self.size:
                 got = max(0, self.size - self.pos)
                 self.pos = self.size

@@ -11,7 +11,6 @@ in the first 8 octets" rule plus these shapes).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Optional
 
 P2M_SIZE_MAX = 0x10000000  # the legacy saver refuses p2m_size > 0x0FFFFFFF
@@ -19,12 +18,25 @@ MAX_BATCH_SIZE = 1024
 CHUNK_MIN = -20
 
 
-@dataclass(frozen=True)
 class LegacyGuess:
-    width: int  # saving toolstack's word size in bytes: 4 or 8
-    guest: str  # "pv" or "hvm"
-    p2m_size: int
-    extended_info: bool  # PV: ~0 signature present (False: pre-3.1 layout)
+    __slots__ = ("width", "guest", "p2m_size", "extended_info")
+
+    def __init__(self, width: int, guest: str, p2m_size: int, extended_info: bool) -> None:
+        self.width = width  # saving toolstack's word size in bytes: 4 or 8
+        self.guest = guest  # "pv" or "hvm"
+        self.p2m_size = p2m_size
+        self.extended_info = extended_info  # PV: ~0 signature present (False: pre-3.1)
+
+    def __repr__(self) -> str:
+        return (f"LegacyGuess(width={self.width}, guest={self.guest!r}, "
+                f"p2m_size={self.p2m_size:#x}, extended_info={self.extended_info})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LegacyGuess) and (
+            self.width, self.guest, self.p2m_size, self.extended_info) == (
+            other.width, other.guest, other.p2m_size, other.extended_info)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def describe(self) -> str:
         g = self.guest.upper()

@@ -7,11 +7,13 @@ for this layer.
 
 from __future__ import annotations
 
+import array
 import struct
-from typing import Callable, Dict, List, Optional, Set
+import sys
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from xenstream import hvm
-from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING
+from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.layout import Layout
 
 # -- image and domain header ------------------------------------------------
@@ -199,6 +201,64 @@ def page_data_length(types: List[int]) -> int:
     return 8 + 8 * len(types) + PAGE_SIZE * n_data
 
 
+
+# Byte tables for scanning pfn arrays without a Python loop per entry: the
+# type lives in the top nibble of an entry's most significant byte.
+T_BAD = _T_BAD = bytes(0 if (b >> 4) in KNOWN_PAGE_TYPES else 1 for b in range(256))
+T_DATA = _T_DATA = bytes(1 if (b >> 4) in KNOWN_PAGE_TYPES and (b >> 4) not in NO_DATA_PAGE_TYPES
+                else 0 for b in range(256))
+T_LOW = _T_LOW = bytes(b & 0x0F for b in range(256))
+T_HIGH = _T_HIGH = bytes(b & 0xF0 for b in range(256))
+NATIVE = _NATIVE = "<" if sys.byteorder == "little" else ">"
+_U32X2 = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
+
+
+class PfnScan:
+    """Facts about one PAGE_DATA pfn array, computed with C-level bulk operations."""
+
+    __slots__ = ("raw", "endian", "count", "n_data", "bad_types", "reserved", "pfns", "max_pfn")
+
+    def __init__(self, raw: bytes, endian: str) -> None:
+        self.raw = raw
+        self.endian = endian
+        count = self.count = len(raw) >> 3
+        hi, nx = (7, 6) if endian == "<" else (0, 1)
+        top = raw[hi::8]  # bits 56-63: type nibble and reserved bits 56-59
+        nxt = raw[nx::8]  # bits 48-55: pfn bits 48-51 and reserved bits 52-55
+        zeros = bytes(count)
+        high_nxt = nxt.translate(_T_HIGH) != zeros
+        pfns = array.array("Q")
+        if top == zeros:  # all NOTAB, no reserved bits in the top byte: the common case
+            self.n_data = count
+            self.bad_types = 0
+            if not high_nxt:
+                pfns.frombytes(raw)
+        else:
+            self.n_data = top.translate(_T_DATA).count(1)
+            self.bad_types = top.translate(_T_BAD).count(1)
+            high_nxt = high_nxt or top.translate(_T_LOW) != zeros
+        self.reserved = 0
+        if high_nxt:
+            self.reserved = sum(1 for e in self.entries() if e & PAGE_DATA_PFN_RESZ_MASK)
+        if not pfns:
+            masked = bytearray(raw)
+            masked[hi::8] = zeros
+            masked[nx::8] = nxt.translate(_T_LOW)
+            pfns.frombytes(masked)
+        if endian != _NATIVE:
+            pfns.byteswap()
+        self.pfns = pfns
+        self.max_pfn = max(pfns) if count else 0
+
+    def entries(self) -> Tuple[int, ...]:
+        """The raw 64-bit entries (slow path, for error messages)."""
+        return struct.unpack(f"{self.endian}{self.count}Q", self.raw)
+
+
+def scan_pfns(raw: bytes, endian: str = "<") -> PfnScan:
+    return PfnScan(raw, endian)
+
+
 # -- rules -----------------------------------------------------------------------
 
 Report = Callable[..., None]
@@ -244,6 +304,10 @@ class LibxcChecker:
         self.nr_vcpus = nr_vcpus  # from the image's own config, when it has one
         self.notes: List[str] = []
         self._noted_vcpu = False
+        self._last_vcpu = 0
+        self._noted_xsave = False
+        self._handlers: Dict[int, Callable[[int, Optional[bytes], Callable[[int], bytes]], None]] = {
+            t: getattr(self, "_rec_" + n.lower()) for t, n in RECORD_NAMES.items()}
 
     # -- headers -------------------------------------------------------------
 
@@ -306,6 +370,9 @@ class LibxcChecker:
         """Check one record.  ``body`` is the whole body, except for PAGE_DATA
         where ``read_prefix(n)`` reads its first ``n`` bytes on demand."""
         s = self.s
+        if rtype == REC_TYPE_PAGE_DATA and s.guest == GUEST_HVM:
+            self._rec_page_data(length, body, read_prefix)  # the hot path
+            return
         r = self.report
         base = rtype & ~REC_TYPE_OPTIONAL
 
@@ -341,8 +408,7 @@ class LibxcChecker:
             r(ERROR, "record-length-zero", SPEC, True,
               f"expected body length 0, found {length}")
 
-        handler = getattr(self, "_rec_" + RECORD_NAMES[rtype].lower())
-        handler(length, body, read_prefix)
+        self._handlers[rtype](length, body, read_prefix)
 
     # individual records
 
@@ -374,11 +440,10 @@ class LibxcChecker:
             r(ERROR, "page-data-length", RESTORE, False,
               f"expected a body of at least 8 bytes, found {length}")
             return
-        hdr = PAGE_DATA_HDR.unpack(read_prefix(8), s.endian)
-        count = hdr["count"]
-        if hdr["_res1"]:
+        count, res1 = _U32X2[s.endian].unpack(read_prefix(8))
+        if res1:
             r(ERROR, "page-data-reserved", SPEC, True,
-              f"expected reserved field zero, found {hdr['_res1']:#x}")
+              f"expected reserved field zero, found {res1:#x}")
         if count == 0:
             r(ERROR, "page-data-count", RESTORE, False, "expected at least 1 pfn, found count 0")
             return
@@ -390,39 +455,32 @@ class LibxcChecker:
             r(WARNING, "page-data-batch", SPEC, True,
               f"{count} pfns in one record; Xen's saver sends at most {MAX_BATCH_SIZE}")
         raw = read_prefix(8 * count)
-        pfns = struct.unpack(f"{s.endian}{count}Q", raw)
-        n_data = 0
-        bad_types: List[str] = []
-        resz = 0
-        beyond: List[int] = []
-        for ent in pfns:
-            pfn = ent & PAGE_DATA_PFN_MASK
-            typ = ent >> PAGE_DATA_TYPE_SHIFT
-            if ent & PAGE_DATA_PFN_RESZ_MASK:
-                resz += 1
-            if typ not in KNOWN_PAGE_TYPES:
-                bad_types.append(f"{typ:#x} (pfn {pfn:#x})")
-            elif typ not in NO_DATA_PAGE_TYPES:
-                n_data += 1
-            if s.guest == GUEST_PV and s.max_pfn is not None and pfn > s.max_pfn:
-                beyond.append(pfn)
-            if s.pfns_max is None or pfn > s.pfns_max:
-                s.pfns_max = pfn
-            if pfn in s.p2m_frame_pfns:
-                s.p2m_frame_types[pfn] = typ
-        if resz:
+        scan = scan_pfns(raw, s.endian)
+        n_data = scan.n_data
+        if scan.reserved:
             r(ERROR, "page-data-pfn-reserved", SPEC, True,
-              f"expected pfn bits 52-59 zero, found them set in {resz} entr{'y' if resz == 1 else 'ies'}")
-        if bad_types:
+              f"expected pfn bits 52-59 zero, found them set in {scan.reserved} "
+              f"entr{'y' if scan.reserved == 1 else 'ies'}")
+        if scan.bad_types:
+            bad = [f"{e >> PAGE_DATA_TYPE_SHIFT:#x} (pfn {e & PAGE_DATA_PFN_MASK:#x})"
+                   for e in scan.entries() if (e >> PAGE_DATA_TYPE_SHIFT) not in KNOWN_PAGE_TYPES]
             r(ERROR, "page-data-type", RESTORE, False,
-              f"expected page types 0-4, 9-15, found {', '.join(bad_types[:4])}"
-              + (f" and {len(bad_types) - 4} more" if len(bad_types) > 4 else ""))
-        if beyond:
+              f"expected page types 0-4, 9-15, found {', '.join(bad[:4])}"
+              + (f" and {len(bad) - 4} more" if len(bad) > 4 else ""))
+        if s.pfns_max is None or scan.max_pfn > s.pfns_max:
+            s.pfns_max = scan.max_pfn
+        if s.guest == GUEST_PV and s.max_pfn is not None and scan.max_pfn > s.max_pfn:
+            beyond = [p for p in scan.pfns if p > s.max_pfn]
             r(ERROR, "page-data-pfn-range", RESTORE, False,
               f"expected pfns <= max_pfn {s.max_pfn:#x} (from X86_PV_P2M_FRAMES), found "
               f"{', '.join(hex(p) for p in beyond[:4])}"
               + (f" and {len(beyond) - 4} more" if len(beyond) > 4 else ""))
-        if not bad_types:
+        if s.p2m_frame_pfns and not s.p2m_frame_pfns.isdisjoint(scan.pfns):
+            for e in scan.entries():
+                pfn = e & PAGE_DATA_PFN_MASK
+                if pfn in s.p2m_frame_pfns:
+                    s.p2m_frame_types[pfn] = e >> PAGE_DATA_TYPE_SHIFT
+        if not scan.bad_types:
             want = 8 + 8 * count + PAGE_SIZE * n_data
             if length != want:
                 r(ERROR, "page-data-length", RESTORE, False,
@@ -454,9 +512,12 @@ class LibxcChecker:
         if f["_res0"] or f["_res1"]:
             r(ERROR, "pv-info-reserved", SPEC, True, "expected reserved fields zero, found non-zero")
 
-    def _need_pv_info(self, name: str) -> None:
+    def _need_pv_info(self, name: str, *, enforced: bool = True) -> None:
+        """X86_PV_INFO must come first.  Xen checks it for P2M_FRAMES and
+        SHARED_INFO; for vcpu records it does not (a 64-bit domain has the
+        native width already; a 32-bit context then fails on its size)."""
         if not self.s.seen_pv_info:
-            self.report(ERROR, "pv-info-first", RESTORE, False,
+            self.report(ERROR, "pv-info-first", RESTORE if enforced else SPEC, not enforced,
                         f"expected X86_PV_INFO before {name}, found none")
 
     def _rec_x86_pv_p2m_frames(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
@@ -493,7 +554,7 @@ class LibxcChecker:
         """Common VCPU record rules; returns the blob size or None if done."""
         s = self.s
         r = self.report
-        self._need_pv_info(name)
+        self._need_pv_info(name, enforced=False)
         assert body is not None
         if length < 8:
             r(ERROR, "vcpu-length", RESTORE, False, f"expected at least 8 bytes, found {length}")
@@ -548,7 +609,7 @@ class LibxcChecker:
                 self.report(ERROR, "vcpu-extended-embedded-size", RESTORE, False,
                             f"expected the context's own size field >= 32, found {size}")
             if vcpu != self._last_vcpu:
-                self.report(ERROR, "vcpu-extended-embedded-vcpu", SPEC, False,
+                self.report(ERROR, "vcpu-extended-embedded-vcpu", SPEC, True,
                             f"expected the context's own vcpu field to be {self._last_vcpu} (the "
                             f"record's vcpu_id; Xen uses the embedded one), found {vcpu}")
         else:
@@ -559,13 +620,49 @@ class LibxcChecker:
         blob = self._vcpu("X86_PV_VCPU_XSAVE", length, body)
         if blob is None:
             return
+        r = self.report
         if blob < VCPU_XSAVE_MIN:
-            self.report(ERROR, "vcpu-xsave-size", RESTORE, False,
-                        f"expected at least 16 bytes (xcr0, xcr0_accum), found {blob}")
-        elif blob != 16 and blob < 16 + 576:
-            self.report(ERROR, "vcpu-xsave-size", RESTORE, False,
-                        f"expected 16 bytes or at least {16 + 576} (legacy area and xsave "
-                        f"header), found {blob}")
+            r(ERROR, "vcpu-xsave-size", RESTORE, False,
+              f"expected at least 16 bytes (xcr0, xcr0_accum), found {blob}")
+            return
+        assert body is not None
+        # XEN_DOMCTL_setvcpuextstate (xen/arch/x86/domctl.c)
+        xcr0, accum = struct.unpack_from(self.s.endian + "QQ", body, 8)
+        if not accum:
+            if xcr0:
+                r(ERROR, "vcpu-xsave-state", RESTORE, False,
+                  f"expected xcr0 0 when xcr0_accum is 0, found {xcr0:#x}")
+            if blob != 16:
+                r(ERROR, "vcpu-xsave-size", RESTORE, False,
+                  f"expected 16 bytes when xcr0_accum is 0, found {blob}")
+            return
+        if blob == 16:
+            return  # "nothing to restore"
+        if blob < 16 + hvm.XSTATE_AREA_MIN_SIZE:
+            r(ERROR, "vcpu-xsave-size", RESTORE, False,
+              f"expected 16 bytes or at least {16 + hvm.XSTATE_AREA_MIN_SIZE} (legacy area and "
+              f"xsave header), found {blob}")
+            return
+        if not hvm.valid_xcr0(xcr0) or not hvm.valid_xcr0(accum) or xcr0 & ~accum:
+            r(ERROR, "vcpu-xsave-state", RESTORE, False,
+              f"expected valid xcr0/xcr0_accum with xcr0 within xcr0_accum, found "
+              f"{xcr0:#x}/{accum:#x}")
+            return
+        xstate_bv, xcomp_bv = struct.unpack_from(self.s.endian + "QQ", body, 8 + 16 + 512)
+        if xstate_bv & ~accum:
+            r(ERROR, "vcpu-xsave-state", RESTORE, False,
+              f"expected xstate_bv within xcr0_accum {accum:#x}, found {xstate_bv:#x}")
+        if xcomp_bv:
+            r(ERROR, "vcpu-xsave-state", RESTORE, False,
+              f"expected an uncompacted XSAVE area (xcomp_bv 0), found xcomp_bv {xcomp_bv:#x}")
+        want = 16 + hvm.xstate_uncompressed_size(accum)
+        if blob != want:
+            r(ERROR, "vcpu-xsave-size", RESTORE, False,
+              f"expected {want} bytes for xcr0_accum {accum:#x}, found {blob}")
+        if not self._noted_xsave:
+            self._noted_xsave = True
+            self.notes.append("PV xsave sizes not checked against the restoring host's "
+                              "xfeature_mask (a property of the host, not of the image)")
 
     def _rec_x86_pv_vcpu_msrs(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         blob = self._vcpu("X86_PV_VCPU_MSRS", length, body)

@@ -52,7 +52,7 @@ CHECKPOINT_SVM_RESUMED = 3
 CHECKPOINT_STATE_NAMES = {0: "NEW", 1: "SVM_SUSPENDED", 2: "SVM_READY", 3: "SVM_RESUMED"}
 
 #: Characters the spec allows in xenstore keys.
-KEY_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-/_@.")
+KEY_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-/_@")
 
 QEVM_MAGIC = b"QEVM"
 

@@ -23,10 +23,11 @@ leaves is skipped (a seek on seekable input) when the next item is pulled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple, Union
+import array
+import struct
+from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
-from xenstream import legacy, libxc, libxl, xl
+from xenstream import io, legacy, libxc, libxl, xl
 from xenstream.errors import FormatError, LimitError, TruncatedError
 from xenstream.io import Source
 from xenstream.layout import pad8
@@ -43,60 +44,119 @@ LIBXL_SMALL_BODY_MAX = 64 << 20
 XL_CONFIG_MAX = 64 << 20
 
 
-@dataclass
 class Header:
-    layer: str
-    kind: str  # "xl header", "libxl header", "libxc image header", "libxc domain header"
-    offset: int
-    size: int
-    fields: Dict[str, int]
-    endian: str = "<"
+    __slots__ = ("layer", "kind", "offset", "size", "fields", "endian")
+
+    def __init__(self, layer: str, kind: str, offset: int, size: int, fields: Dict[str, int],
+                 endian: str = "<") -> None:
+        self.layer = layer
+        self.kind = kind  # "xl header", "libxl header", "libxc image header", ...
+        self.offset = offset
+        self.size = size
+        self.fields = fields
+        self.endian = endian
+
+    def __repr__(self) -> str:
+        return f"Header({self.kind} at {self.offset:#x}: {self.fields})"
 
     @property
     def what(self) -> str:
         return f"header ({self.kind})"
 
 
-@dataclass
 class XlConfig:
-    offset: int
-    optional_data_len: int
-    config_len: Optional[int]  # None: optional data shorter than 4 bytes
-    config: Optional[bytes]  # None when absent or too large to hold
-    layer: str = LAYER_XL
+    __slots__ = ("offset", "optional_data_len", "config_len", "config")
+    layer = LAYER_XL
+
+    def __init__(self, offset: int, optional_data_len: int, config_len: Optional[int],
+                 config: Optional[bytes]) -> None:
+        self.offset = offset
+        self.optional_data_len = optional_data_len
+        self.config_len = config_len  # None: optional data shorter than 4 bytes
+        self.config = config  # None when absent or too large to hold
 
     @property
     def what(self) -> str:
         return "header (xl optional data)"
 
 
-@dataclass
 class Legacy:
-    offset: int
-    guess: Optional[legacy.LegacyGuess]
-    container: str  # "xl" (xl header without STREAMv2) or "bare"
-    layer: str = LAYER_LEGACY
+    __slots__ = ("offset", "guess", "container")
+    layer = LAYER_LEGACY
+
+    def __init__(self, offset: int, guess: Optional[legacy.LegacyGuess], container: str) -> None:
+        self.offset = offset
+        self.guess = guess
+        self.container = container  # "xl" (xl header without STREAMv2) or "bare"
 
     @property
     def what(self) -> str:
         return "legacy stream"
 
 
-@dataclass
 class EndOfInput:
-    offset: int
-    layer: str
+    __slots__ = ("offset", "layer")
+
+    def __init__(self, offset: int, layer: str) -> None:
+        self.offset = offset
+        self.layer = layer
 
     @property
     def what(self) -> str:
         return "end of input"
 
 
+class StopStream(Exception):
+    """Internal: the stream cannot go on, and a checker has said why."""
+
+
+class PageRun:
+    """A run of consecutive libxc PAGE_DATA records that a consumer's
+    :class:`PageFilter` let the parser check in bulk (see :meth:`Parser.items`).
+
+    Every record in it passed the per-record PAGE_DATA rules: count 1..1024,
+    reserved field and pfn bits 52-59 zero, known types, exact length, pfns
+    within ``PageFilter.pfn_limit`` and none in ``PageFilter.watch``.
+    """
+
+    __slots__ = ("offset", "end", "first_index", "records", "pages", "max_pfn", "entries")
+    layer = LAYER_LIBXC
+    name = "PAGE_DATA"
+
+    def __init__(self, offset: int, end: int, first_index: int, records: int, pages: int,
+                 max_pfn: int, entries: int) -> None:
+        self.offset = offset
+        self.end = end
+        self.first_index = first_index
+        self.records = records
+        self.pages = pages  # data-bearing entries
+        self.max_pfn = max_pfn
+        self.entries = entries  # all pfn entries
+
+    @property
+    def what(self) -> str:
+        last = self.first_index + self.records - 1
+        return f"records #{self.first_index}-#{last} (PAGE_DATA)"
+
+
+class PageFilter:
+    """Set by a consumer on :attr:`Parser.page_filter` to receive PAGE_DATA
+    records that break no per-record rule as :class:`PageRun` items (seekable
+    input only).  Any record that might break one is yielded as a
+    :class:`Record` as usual."""
+
+    __slots__ = ("pfn_limit", "watch")
+
+    def __init__(self, pfn_limit: Optional[int] = None, watch: Optional[Set[int]] = None) -> None:
+        self.pfn_limit = pfn_limit  # highest acceptable pfn, None for no limit
+        self.watch: Set[int] = watch if watch is not None else set()  # pfns to see one by one
+
+
 class Record:
     """One record of any layer, with a lazy body."""
 
     __slots__ = ("index", "offset", "layer", "rtype", "length", "endian", "_src", "_done",
-                 "_padding", "name", "checkpoint")
+                 "_padding", "checkpoint")
 
     def __init__(self, src: Source, index: int, offset: int, layer: str, rtype: int,
                  length: int, endian: str, checkpoint: int) -> None:
@@ -111,7 +171,10 @@ class Record:
         self._padding: Optional[bytes] = None
         #: number of libxc CHECKPOINT records seen before this record
         self.checkpoint = checkpoint
-        self.name = (libxc.record_name if layer == LAYER_LIBXC else libxl.record_name)(rtype)
+
+    @property
+    def name(self) -> str:
+        return (libxc.record_name if self.layer == LAYER_LIBXC else libxl.record_name)(self.rtype)
 
     @property
     def what(self) -> str:
@@ -129,9 +192,17 @@ class Record:
         """The next ``n`` bytes of the body (never past its end)."""
         if n < 0 or self._done + n > self.length:
             raise ValueError(f"read of {n} bytes past the body of {self.what}")
-        data = self._src.read(n, what=self.what, layer=self.layer)
+        at = self._src.pos
+        data = self._src.read_upto(n)
+        if len(data) != n:
+            raise self._truncated(at, n, len(data))
         self._done += n
         return data
+
+    def _truncated(self, at: int, wanted: int, got: int) -> TruncatedError:
+        e = TruncatedError(at, wanted, got, what=self.what, layer=self.layer)
+        e.index, e.record_type = self.index, self.name
+        return e
 
     def body(self, limit: Optional[int] = None) -> bytes:
         """The rest of the body.  ``limit`` guards against allocating more."""
@@ -152,11 +223,25 @@ class Record:
     def finish(self) -> bytes:
         """Skip what is left of the body; read and return the padding."""
         if self._padding is None:
+            src = self._src
             left = self.length - self._done
             if left:
-                self._src.skip(left, what=self.what, layer=self.layer)
+                try:
+                    src.skip(left)
+                except TruncatedError as e:
+                    e.what, e.layer = self.what, self.layer
+                    e.index, e.record_type = self.index, self.name
+                    raise
                 self._done = self.length
-            self._padding = self._src.read(pad8(self.length), what=self.what, layer=self.layer)
+            npad = -self.length & 7
+            if npad:
+                at = src.pos
+                pad = src.read_upto(npad)
+                if len(pad) != npad:
+                    raise self._truncated(at, npad, len(pad))
+                self._padding = pad
+            else:
+                self._padding = b""
         return self._padding
 
     def __repr__(self) -> str:
@@ -164,22 +249,24 @@ class Record:
                 f"length {self.length})")
 
 
-Item = Union[Header, XlConfig, Record, Legacy, EndOfInput]
+Item = Union[Header, XlConfig, Record, PageRun, Legacy, EndOfInput]
+_RH = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
+_RH4 = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 
 
-@dataclass
 class ParseState:
     """Where the parser is; read by consumers for context."""
 
-    layers: List[str] = field(default_factory=list)
-    libxc_endian: str = "<"
-    libxl_endian: str = "<"
-    libxc_version: int = 0
-    checkpoints: int = 0  # libxc CHECKPOINT records seen
-    checkpoint_ends: int = 0
-    colo: bool = False
-    in_checkpoint: bool = False  # between CHECKPOINT and CHECKPOINT_END
-    finished: bool = False  # the stream's final END was read
+    def __init__(self) -> None:
+        self.layers: List[str] = []
+        self.libxc_endian = "<"
+        self.libxl_endian = "<"
+        self.libxc_version = 0
+        self.checkpoints = 0  # libxc CHECKPOINT records seen
+        self.checkpoint_ends = 0
+        self.colo = False
+        self.in_checkpoint = False  # between CHECKPOINT and CHECKPOINT_END
+        self.finished = False  # the stream's final END was read
 
 
 class Parser:
@@ -190,43 +277,54 @@ class Parser:
         self._index = 0
         self.detected: Optional[str] = None
         self._pushed: Optional[Tuple[int, bytes]] = None
+        #: set by a consumer to receive PAGE_DATA runs in bulk (seekable input)
+        self.page_filter: Optional[PageFilter] = None
 
     # -- helpers ---------------------------------------------------------------
 
-    def _rh(self, endian: str) -> Optional[Dict[str, int]]:
-        """Read a record header; None at a clean EOF (no byte at all)."""
+    def _rh(self, endian: str, layer: str = LAYER_LIBXC) -> Optional[Tuple[int, int]]:
+        """Read a record header as (type, length); None at a clean EOF."""
         if self._pushed is not None:
             raw = self._pushed[1]
             self._pushed = None
-            return libxc.RH.unpack(raw, endian)
+            return _RH[endian].unpack(raw)  # type: ignore[return-value]
         at = self.src.pos
         raw = self.src.read_upto(8)
-        if not raw:
-            return None
         if len(raw) != 8:
-            raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header")
-        return libxc.RH.unpack(raw, endian)
+            if not raw:
+                return None
+            raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header",
+                                 layer=layer)
+        return _RH[endian].unpack(raw)  # type: ignore[return-value]
 
-    def _record(self, layer: str, rh: Dict[str, int], offset: int, endian: str) -> Record:
-        rec = Record(self.src, self._index, offset, layer, rh["type"], rh["length"], endian,
+    def _record(self, layer: str, rh: Tuple[int, int], offset: int, endian: str) -> Record:
+        rtype, length = rh
+        rec = Record(self.src, self._index, offset, layer, rtype, length, endian,
                      self.state.checkpoints)
         self._index += 1
-        if layer == LAYER_LIBXC and rh["length"] > libxc.REC_LENGTH_MAX:
-            raise LimitError(offset, f"expected a body length of at most {libxc.REC_LENGTH_MAX:#x} "
-                             f"(128 MiB, the restorer's REC_LENGTH_MAX), found {rh['length']:#x}",
-                             what=rec.what, layer=layer)
-        rem = self.src.remaining()
-        if rem is not None and rh["length"] + pad8(rh["length"]) > rem:
-            raise TruncatedError(offset + 8, rh["length"] + pad8(rh["length"]), rem,
-                                 what=rec.what, layer=layer,
-                                 message=f"expected a {rh['length']}-byte body (padded to "
-                                 f"{rh['length'] + pad8(rh['length'])}), found end of stream "
-                                 f"after {rem} bytes")
+        if length > libxc.REC_LENGTH_MAX and layer == LAYER_LIBXC:
+            e: FormatError = LimitError(
+                offset, f"expected a body length of at most {libxc.REC_LENGTH_MAX:#x} "
+                f"(128 MiB, the restorer's REC_LENGTH_MAX), found {length:#x}",
+                what=rec.what, layer=layer)
+            e.index, e.record_type = rec.index, rec.name
+            raise e
+        size = self.src.size
+        if size is not None and offset + 8 + length + (-length & 7) > size:
+            rem = max(0, size - offset - 8)
+            e = TruncatedError(offset + 8, length + pad8(length), rem,
+                               what=rec.what, layer=layer,
+                               message=f"expected a {length}-byte body (padded to "
+                               f"{length + pad8(length)}), found end of stream "
+                               f"after {rem} bytes")
+            e.index, e.record_type = rec.index, rec.name
+            raise e
         return rec
 
-    def _eof_expected(self, rh: Optional[Dict[str, int]], what: str) -> Dict[str, int]:
+    def _eof_expected(self, rh: Optional[Tuple[int, int]], what: str,
+                      layer: str = LAYER_LIBXL) -> Tuple[int, int]:
         if rh is None:
-            raise TruncatedError(self.src.pos, 8, 0, what=what,
+            raise TruncatedError(self.src.pos, 8, 0, what=what, layer=layer,
                                  message="expected a record header, found end of stream")
         return rh
 
@@ -313,7 +411,7 @@ class Parser:
                                      layer=LAYER_LIBXL)
             if h2 != libxl.HDR_IDENT.to_bytes(8, "big"):
                 raise FormatError(src.pos - 8, "expected a libxl stream (xl STREAMv2 flag set), "
-                                  f"found {h2.hex(' ')}" + self._hint(h2),
+                                  f"found {h2.hex(' ')}" + self._hint(h2 + src.read_upto(8)),
                                   what="header (libxl header)", layer=LAYER_LIBXL,
                                   rule="xl-payload")
             yield from self._libxl(h2, src.pos - 8)
@@ -330,7 +428,7 @@ class Parser:
 
     @staticmethod
     def _hint(raw: bytes) -> str:
-        if raw == b"\xff" * 8:
+        if raw[:8] == b"\xff" * 8:
             return " (a bare libxc stream)"
         if legacy.sniff(raw):
             return " (looks like a legacy stream: the STREAMv2 flag is wrong)"
@@ -349,7 +447,7 @@ class Parser:
         yield Header(LAYER_LIBXL, "libxl header", start, libxl.HDR.size, fields, ">")
         while True:
             at = src.pos
-            rh = self._eof_expected(self._rh(endian), f"record #{self._index}")
+            rh = self._eof_expected(self._rh(endian, LAYER_LIBXL), f"record #{self._index}")
             rec = self._record(LAYER_LIBXL, rh, at, endian)
             yield rec
             rec.finish()
@@ -402,6 +500,10 @@ class Parser:
                                         layer=LAYER_LIBXC), endian)
         yield Header(LAYER_LIBXC, "libxc domain header", at, libxc.DHDR.size, dh, endian)
         while True:
+            if self.page_filter is not None and self._pushed is None and src.seekable:
+                run = self._page_run(endian, self.page_filter)
+                if run is not None:
+                    yield run
             at = self._pushed[0] if self._pushed else src.pos
             rh = self._rh(endian)
             if rh is None:
@@ -425,6 +527,72 @@ class Parser:
                     if eof:
                         return "eof"
 
+    def _page_run(self, endian: str, filt: PageFilter) -> Optional[PageRun]:
+        """Check consecutive PAGE_DATA records in bulk, straight from the
+        input window; stop before the first one that is not plainly valid."""
+        src = self.src
+        size = src.size
+        assert size is not None
+        hdr = _RH4[endian]
+        hi, nx = (7, 6) if endian == "<" else (0, 1)
+        native = endian == libxc.NATIVE
+        limit = filt.pfn_limit
+        watch = filt.watch
+        pos = start = src.pos
+        n = pages = entries = 0
+        maxp = -1
+        while True:
+            buf, off = src.view(16)
+            if off + 16 > len(buf):
+                break
+            rtype, length, count, res = hdr.unpack_from(buf, off)
+            if rtype != 1 or res or not 0 < count <= 1024 or pos + 8 + length > size:
+                break
+            end = off + 16 + 8 * count
+            if end > len(buf):
+                buf, off = src.view(16 + 8 * count)
+                end = off + 16 + 8 * count
+                if end > len(buf):
+                    break
+            raw = buf[off + 16:end]
+            top = raw[hi::8]
+            zeros = bytes(count)
+            if top == zeros:
+                n_data = count
+            else:
+                if top.translate(libxc.T_BAD) != zeros or top.translate(libxc.T_LOW) != zeros:
+                    break
+                n_data = top.translate(libxc.T_DATA).count(1)
+            if length != 8 + 8 * count + 4096 * n_data:
+                break
+            nxt = raw[nx::8]
+            if nxt.translate(libxc.T_HIGH) != zeros:
+                break
+            pfns = array.array("Q")
+            if top == zeros:
+                pfns.frombytes(raw)
+            else:
+                masked = bytearray(raw)
+                masked[hi::8] = zeros
+                pfns.frombytes(masked)
+            if not native:
+                pfns.byteswap()
+            m = max(pfns)
+            if (limit is not None and m > limit) or (watch and not watch.isdisjoint(pfns)):
+                break
+            if m > maxp:
+                maxp = m
+            n += 1
+            pages += n_data
+            entries += count
+            src.advance(8 + length, io.BIG_WINDOW if length < io.BIG_WINDOW // 4 else io.WINDOW)
+            pos += 8 + length
+        if not n:
+            return None
+        run = PageRun(start, pos, self._index, n, pages, maxp, entries)
+        self._index += n
+        return run
+
     def _checkpoint_section(self) -> Generator[Item, None, bool]:
         """libxl records from a libxc CHECKPOINT to CHECKPOINT_END (and COLO's
         CHECKPOINT_STATE).  Returns True at a clean EOF after a complete one."""
@@ -434,16 +602,15 @@ class Parser:
         st.in_checkpoint = True
         while True:
             at = src.pos
-            rh = self._eof_expected(self._rh(endian), f"record #{self._index}")
+            rh = self._eof_expected(self._rh(endian, LAYER_LIBXL), f"record #{self._index}")
             rec = self._record(LAYER_LIBXL, rh, at, endian)
             yield rec
             rec.finish()
             if rec.rtype == libxl.REC_TYPE_CHECKPOINT_END:
                 break
             if rec.rtype == libxl.REC_TYPE_END:
-                raise FormatError(at, "expected CHECKPOINT_END to close the checkpoint, found "
-                                  "END", what=rec.what, layer=LAYER_LIBXL,
-                                  rule="libxl-end-in-checkpoint")
+                # reported by the libxl rules; the restore stops here
+                raise StopStream()
         st.in_checkpoint = False
         st.checkpoint_ends += 1
         # COLO: CHECKPOINT_STATE follows CHECKPOINT_END.  A libxc record of
@@ -455,9 +622,10 @@ class Parser:
             yield EndOfInput(at, LAYER_LIBXL)
             return True
         if len(raw) != 8:
-            raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header")
-        rh_xl = libxl.RH.unpack(raw, endian)
-        if rh_xl["type"] == libxl.REC_TYPE_CHECKPOINT_STATE and rh_xl["length"] < 8:
+            raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header",
+                                 layer=LAYER_LIBXL)
+        rh_xl = _RH[endian].unpack(raw)
+        if rh_xl[0] == libxl.REC_TYPE_CHECKPOINT_STATE and rh_xl[1] < 8:
             st.colo = True
             rec = self._record(LAYER_LIBXL, rh_xl, at, endian)
             yield rec
@@ -468,7 +636,8 @@ class Parser:
                 yield EndOfInput(at, LAYER_LIBXL)
                 return True
             if len(raw) != 8:
-                raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header")
+                raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header",
+                                 layer=LAYER_LIBXL)
         # the header belongs to the next libxc record: hand it back
         self._pushed = (at, raw)
         return False

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, List, Optional, TextIO
 
 from xenstream.findings import ERROR, WARNING
-from xenstream.parser import EndOfInput, Header, Item, Legacy, Record, XlConfig
+from xenstream.parser import EndOfInput, Header, Item, Legacy, PageRun, Record, XlConfig
 from xenstream.verify import Result
 
 
@@ -60,6 +59,8 @@ def verdict(res: Result, name: str) -> str:
 
 
 def to_json(res: Result) -> str:
+    import json
+
     return json.dumps(res.to_json(), indent=2, sort_keys=False)
 
 
@@ -81,6 +82,15 @@ class RecordPrinter:
         self._run_bytes = 0
 
     def __call__(self, item: Item) -> None:
+        if isinstance(item, PageRun):
+            if self._run is not None and self._run.name == "PAGE_DATA":
+                self._run_n += item.records
+                self._run_bytes += item.end - item.offset - 8 * item.records
+                return
+            self._flush()
+            self.emit(f"{item.offset:#012x}  {item.layer:<6} #{item.first_index:<5} "
+                      f"{'PAGE_DATA':<24} {item.records} records, {item.pages} pages")
+            return
         if isinstance(item, Record):
             if self._run is not None and item.name == self._run.name and item.layer == self._run.layer:
                 self._run_n += 1

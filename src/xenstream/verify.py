@@ -9,8 +9,7 @@ layers, and returns a :class:`Result` with every finding and a summary.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from xenstream import libxc, libxl
 from xenstream.errors import FormatError, TruncatedError
@@ -20,33 +19,40 @@ from xenstream.libxc import LibxcChecker
 from xenstream.libxl import LibxlChecker
 from xenstream.parser import (
     LAYER_LIBXC,
-    LAYER_LIBXL,
     EndOfInput,
     Header,
     Item,
     Legacy,
+    PageFilter,
+    PageRun,
     Parser,
     Record,
+    StopStream,
     XlConfig,
 )
 from xenstream.xl import XlChecker
 
 SCHEMA_VERSION = 1
+#: Records after which the bulk PAGE_DATA filter may change.
+_FILTER_TRIGGERS = frozenset({libxc.REC_TYPE_PAGE_DATA, libxc.REC_TYPE_STATIC_DATA_END,
+                              libxc.REC_TYPE_X86_PV_P2M_FRAMES, libxc.REC_TYPE_X86_PV_INFO})
 #: Small libxl records (END, LIBXC_CONTEXT, CHECKPOINT_*) are checked on this
 #: many leading bytes; the rest, which Xen reads and discards, is skipped.
 LIBXL_SMALL_PREFIX = 64
 XENSTORE_CHUNK = 1 << 20
 
 
-@dataclass
 class Result:
-    file: str
-    valid: bool = True
-    layers: List[str] = field(default_factory=list)
-    findings: List[Finding] = field(default_factory=list)
-    summary: Dict[str, Any] = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)
-    end_offset: int = 0
+    """What :func:`verify` found."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.valid = True
+        self.layers: List[str] = []  # outermost first
+        self.findings: List[Finding] = []
+        self.summary: Dict[str, Any] = {}
+        self.notes: List[str] = []
+        self.end_offset = 0  # offset just past the last byte consumed
 
     @property
     def errors(self) -> List[Finding]:
@@ -69,13 +75,26 @@ class Result:
 
 
 class _Ctx:
-    """What a finding is about right now."""
+    """What a finding is about right now: an item of the parser, or explicit
+    values (``item`` None).  Kept cheap: nothing is formatted until a finding
+    is reported."""
 
-    offset = 0
-    layer = ""
-    what = "header"
-    index: Optional[int] = None
-    rtype: Optional[str] = None
+    def __init__(self) -> None:
+        self.item: Any = None
+        self.offset = 0
+        self.layer = ""
+        self.what = "header"
+        self.index: Optional[int] = None
+        self.rtype: Optional[str] = None
+
+    def set(self, offset: int, what: str, layer: Optional[str] = None) -> None:
+        self.item = None
+        self.index = None
+        self.rtype = None
+        self.offset = offset
+        self.what = what
+        if layer is not None:
+            self.layer = layer
 
 
 class Verifier:
@@ -92,7 +111,7 @@ class Verifier:
         self.xl: Optional[XlChecker] = None
         self.libxl: Optional[LibxlChecker] = None
         self.libxc: Optional[LibxcChecker] = None
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[Tuple[str, int]] = Counter()
         self.records = 0
         self.libxc_done = False  # libxc END seen
         self.last_libxl: Optional[int] = None  # type of the last libxl record
@@ -106,51 +125,53 @@ class Verifier:
         if self.lenient and severity == ERROR and tolerated:
             severity = WARNING
         c = self.ctx
-        self.result.findings.append(Finding(
-            severity=severity, offset=c.offset if offset is None else offset, layer=c.layer,
-            what=c.what, rule=rule, authority=authority, restore_tolerates=tolerated,
-            message=message, record_index=c.index, record_type=c.rtype))
-
-    def _at(self, item: Any) -> None:
-        c = self.ctx
-        c.offset = item.offset
-        c.layer = item.layer
-        c.what = item.what
-        if isinstance(item, Record):
-            c.index = item.index
-            c.rtype = item.name
+        it = c.item
+        index: Optional[int] = None
+        rtype: Optional[str] = None
+        if it is not None:
+            at, layer, what = it.offset, it.layer, it.what
+            if isinstance(it, Record):
+                index, rtype = it.index, it.name
         else:
-            c.index = None
-            c.rtype = None
+            at, layer, what = c.offset, c.layer, c.what
+            index, rtype = c.index, c.rtype
+        self.result.findings.append(Finding(
+            severity=severity, offset=at if offset is None else offset, layer=layer,
+            what=what, rule=rule, authority=authority, restore_tolerates=tolerated,
+            message=message, record_index=index, record_type=rtype))
 
     # -- main loop ------------------------------------------------------------------
 
     def run(self) -> Result:
         res = self.result
         try:
+            ctx = self.ctx
+            on_item = self.on_item
+            record = self._record
             for item in self.parser.items():
-                self._at(item)
-                if self.on_item is not None:
-                    self.on_item(item)
-                if isinstance(item, Header):
+                ctx.item = item
+                if on_item is not None:
+                    on_item(item)
+                if type(item) is Record:
+                    record(item)
+                elif type(item) is PageRun:
+                    self._page_run(item)
+                elif isinstance(item, Header):
                     self._header(item)
                 elif isinstance(item, XlConfig):
                     assert self.xl is not None
                     self.xl.optional_data(item.optional_data_len, item.config_len, item.config)
-                elif isinstance(item, Record):
-                    self._record(item)
                 elif isinstance(item, Legacy):
                     self._legacy(item)
                 elif isinstance(item, EndOfInput):
                     self._end_of_input(item)
             self._finish()
+        except StopStream:
+            pass
         except TruncatedError as e:
             self._truncated(e)
         except FormatError as e:
-            self.ctx.offset = e.offset
-            if e.what:
-                self.ctx.what = e.what
-            self.ctx.layer = e.layer or self.ctx.layer
+            self._ctx_from_error(e)
             self.report(ERROR, e.rule, SPEC if e.rule in ("unrecognised", "format-mismatch")
                         else RESTORE, False, e.message)
         res.layers = list(self.parser.state.layers)
@@ -199,7 +220,7 @@ class Verifier:
 
     def _record(self, rec: Record) -> None:
         self.records += 1
-        self.counts[f"{rec.layer}:{rec.name}"] += 1
+        self.counts[(rec.layer, rec.rtype)] += 1
         if rec.layer == LAYER_LIBXC:
             self._libxc_record(rec)
         else:
@@ -209,6 +230,38 @@ class Verifier:
             self.report(ERROR, "padding-zero", SPEC, True,
                         f"expected {len(pad)} zero padding bytes, found {pad.hex(' ')}",
                         offset=rec.body_offset + rec.length)
+
+    def _page_run(self, run: PageRun) -> None:
+        """PAGE_DATA records the parser checked in bulk against our filter."""
+        chk = self.libxc
+        assert chk is not None
+        s = chk.s
+        self.records += run.records
+        self.counts[(LAYER_LIBXC, libxc.REC_TYPE_PAGE_DATA)] += run.records
+        self.since_checkpoint += run.records
+        s.pages += run.pages
+        s.page_records += run.records
+        if s.pfns_max is None or run.max_pfn > s.pfns_max:
+            s.pfns_max = run.max_pfn
+
+    def _update_page_filter(self) -> None:
+        """Let the parser check PAGE_DATA in bulk once no ordering rule can
+        fire on it: STATIC_DATA_END seen (or inferred), and for PV the p2m
+        known.  PV pfns beyond max_pfn and p2m frame pfns stay one by one."""
+        chk = self.libxc
+        if chk is None:
+            return
+        s = chk.s
+        if not s.static_data_end or s.guest is None:
+            self.parser.page_filter = None
+            return
+        if s.guest == libxc.GUEST_PV:
+            if not s.seen_p2m or s.max_pfn is None:
+                self.parser.page_filter = None
+                return
+            self.parser.page_filter = PageFilter(s.max_pfn, s.p2m_frame_pfns)
+        else:
+            self.parser.page_filter = PageFilter()
 
     def _libxc_record(self, rec: Record) -> None:
         chk = self.libxc
@@ -241,6 +294,8 @@ class Verifier:
             self.since_checkpoint += 1
         if rtype == libxc.REC_TYPE_END:
             self.libxc_done = True
+        elif rtype in _FILTER_TRIGGERS and self.src.seekable:
+            self._update_page_filter()
 
     def _libxl_record(self, rec: Record) -> None:
         chk = self.libxl
@@ -292,12 +347,17 @@ class Verifier:
                     f"checkpointed ({kind}) stream ends at end of input after {n} complete "
                     f"checkpoint{'s' if n != 1 else ''}: a restore fails over to checkpoint {n}")
 
+    def _ctx_from_error(self, e: FormatError) -> None:
+        it = self.ctx.item
+        layer = e.layer or (it.layer if it is not None else self.ctx.layer)
+        what = e.what or (it.what if it is not None else self.ctx.what)
+        self.ctx.set(e.offset, what, layer)
+        self.ctx.index = e.index
+        self.ctx.rtype = e.record_type
+
     def _truncated(self, e: TruncatedError) -> None:
         n = self._complete_checkpoints()
-        self.ctx.offset = e.offset
-        if e.what:
-            self.ctx.what = e.what
-        self.ctx.layer = e.layer or self.ctx.layer
+        self._ctx_from_error(e)
         if n >= 1 and not self.parser.state.finished:
             kind = "COLO" if self.parser.state.colo else "Remus"
             self.report(WARNING, "checkpoint-eof", RESTORE, True,
@@ -315,20 +375,14 @@ class Verifier:
             return
         st = self.parser.state
         if self.libxc is not None:
-            self.ctx.what = "end of stream"
-            self.ctx.offset = self.src.pos
-            self.ctx.index = None
-            self.ctx.rtype = None
-            self.ctx.layer = LAYER_LIBXC
+            self.ctx.set(self.src.pos, "end of stream", LAYER_LIBXC)
             self.libxc.finish(checkpointed=bool(st.checkpoints))
         if (self.libxl is not None and self.libxl.s.libxc_contexts == 0
                 and not truncated and self.libxl.s.ended):
             pass  # reported at END
         if (not truncated and self.check_trailing and st.finished
                 and self.src.remaining()):
-            self.ctx.what = "end of stream"
-            self.ctx.offset = self.src.pos
-            self.ctx.layer = st.layers[0] if st.layers else ""
+            self.ctx.set(self.src.pos, "end of stream", st.layers[0] if st.layers else "")
             self.report(WARNING, "trailing-data", SPEC, True,
                         f"{self.src.remaining()} bytes after the final END (the restorer never "
                         "reads them)")
@@ -376,7 +430,9 @@ class Verifier:
             "checkpoint_records": st.checkpoints,
             "complete": n if st.checkpoints else 0,
         }
-        s["record_counts"] = dict(sorted(self.counts.items()))
+        names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name}
+        s["record_counts"] = dict(sorted(
+            (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in self.counts.items()))
         return s
 
 

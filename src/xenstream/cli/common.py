@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import Callable
 
 EXIT_OK = 0
@@ -31,6 +30,8 @@ def guarded(fn: Callable[[], int], prog: str) -> int:
         return EXIT_OK
     except Exception as e:  # noqa: BLE001 - last resort, never a traceback
         if os.environ.get("XENSTREAM_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         print(f"{prog}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USAGE

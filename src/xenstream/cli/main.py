@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import List, Optional
 
 from xenstream import __version__
@@ -13,7 +12,6 @@ from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
 from xenstream.errors import UsageError
 from xenstream.io import Source
 from xenstream.report import RecordPrinter, finding_lines, to_json, verdict
-from xenstream.sample import write_sample
 from xenstream.verify import verify
 
 PROG = "xenstream"
@@ -58,6 +56,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from xenstream.sample import write_sample
+
     out = args.output
     if out in (None, "-"):
         if sys.stdout.isatty():

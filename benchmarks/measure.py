@@ -1,0 +1,143 @@
+"""The measuring process: spawns commands and measures them (stdlib only).
+
+run.py starts this file as a separate, small process (``python -S -I measure.py``)
+and sends it one JSON request per line on stdin; it answers one JSON line per
+request on stdout.  Why a separate process: Linux gives an exec'ed child the peak
+RSS of the process it was forked/vforked from as a floor for its own
+``ru_maxrss`` (``exec_mmap`` folds the old mm's high-water mark into
+``signal->maxrss``).  The harness holds images' worth of bookkeeping and
+would lend its RSS to every tool run; this process stays at a Python
+interpreter's minimum (its own peak, reported as ``floor_kib``, is the floor
+below which a child's peak RSS cannot be seen; it is the VmHWM of this process's
+own memory, which is what a vforked child inherits).
+
+Per request: the command is started with ``posix_spawn`` (no shell), stdin from
+/dev/null or, for a pipeline, from a pipe fed by a producer (``cat IMAGE``) that
+this process also spawns; stdout goes to /dev/null, stderr to a file.  Each child
+is waited for with ``waitid(WEXITED | WNOWAIT)`` so that it stays a zombie: its
+``/proc/PID/io`` (rchar, totals over all its threads) is read then, and
+``wait4`` reaps it and gives its rusage.  The time is wall-clock
+(``perf_counter``) from just before the first spawn to the last exit.
+
+Request:  {"argv": [...], "env": {...}, "producer": [cat, image] | null,
+           "stderr": path, "out": path | null, "timeout": seconds}
+Answer:   {"seconds": s, "main": PROC, "producer": PROC | null, "floor_kib": n}
+          PROC = {"exit": n (-N: signal N), "rchar": n | null, "maxrss_kib": n,
+                  "utime": s, "stime": s}
+"""
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+
+def _rchar(pid):
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _hwm_kib():
+    """This process's own peak RSS (VmHWM of its mm; not its ru_maxrss, which
+    includes the floor it inherited from run.py)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _spawn(argv, env, stdin, stdout, stderr):
+    return os.posix_spawn(argv[0], argv, env, file_actions=[
+        (os.POSIX_SPAWN_DUP2, stdin, 0),
+        (os.POSIX_SPAWN_DUP2, stdout, 1),
+        (os.POSIX_SPAWN_DUP2, stderr, 2),
+    ])
+
+
+def _wait(pid, deadline, kill):
+    """Wait until ``pid`` has exited, leaving it unreaped; the time seen.  Past
+    ``deadline`` the processes in ``kill`` are killed."""
+    try:
+        pfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pfd = -1
+    if pfd >= 0:
+        try:
+            ready, _, _ = select.select([pfd], [], [], max(deadline - time.perf_counter(), 0))
+            if not ready:
+                for p in kill:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except OSError:
+                        pass
+        finally:
+            os.close(pfd)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    return time.perf_counter()
+
+
+def _reap(pid):
+    rchar = _rchar(pid)  # still a zombie: /proc/PID/io is readable
+    _, status, ru = os.wait4(pid, 0)
+    return {"exit": os.waitstatus_to_exitcode(status), "rchar": rchar,
+            "maxrss_kib": ru.ru_maxrss, "utime": ru.ru_utime, "stime": ru.ru_stime}
+
+
+def measure(req, devnull_r, devnull_w):
+    argv = req["argv"]
+    env = req["env"]
+    producer = req.get("producer")
+    deadline = time.perf_counter() + req.get("timeout", 1800.0)
+    errfd = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if not producer:
+            t0 = time.perf_counter()
+            pid = _spawn(argv, env, devnull_r, devnull_w, errfd)
+            t1 = _wait(pid, deadline, (pid,))
+            return {"seconds": t1 - t0, "main": _reap(pid), "producer": None}
+        r, w = os.pipe()
+        try:
+            t0 = time.perf_counter()
+            ppid = _spawn(producer, dict(os.environ), devnull_r, w, errfd)
+            try:
+                pid = _spawn(argv, env, r, devnull_w, errfd)
+            except BaseException:
+                os.kill(ppid, signal.SIGKILL)
+                os.waitpid(ppid, 0)
+                raise
+        finally:
+            os.close(r)
+            os.close(w)
+        t_main = _wait(pid, deadline, (pid, ppid))
+        main = _reap(pid)
+        t_prod = _wait(ppid, deadline, (ppid,))
+        return {"seconds": max(t_main, t_prod) - t0, "main": main, "producer": _reap(ppid)}
+    finally:
+        os.close(errfd)
+
+
+def serve():
+    devnull_r = os.open(os.devnull, os.O_RDONLY)
+    devnull_w = os.open(os.devnull, os.O_WRONLY)
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            ans = measure(req, devnull_r, devnull_w)
+        except OSError as e:
+            ans = {"error": f"{type(e).__name__}: {e}"}
+        ans["floor_kib"] = _hwm_kib()
+        sys.stdout.write(json.dumps(ans) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    serve()
