@@ -22,8 +22,8 @@ is waited for with ``waitid(WEXITED | WNOWAIT)`` so that it stays a zombie: its
 Request:  {"argv": [...], "env": {...}, "producer": [cat, image] | null,
            "stderr": path, "out": path | null, "timeout": seconds}
 Answer:   {"seconds": s, "main": PROC, "producer": PROC | null, "floor_kib": n}
-          PROC = {"exit": n (-N: signal N), "rchar": n | null, "maxrss_kib": n,
-                  "utime": s, "stime": s}
+          PROC = {"exit": n (-N: signal N), "rchar": n | null, "io": {...} | null,
+                  "maxrss_kib": n, "utime": s, "stime": s}
 """
 
 import json
@@ -34,15 +34,13 @@ import sys
 import time
 
 
-def _rchar(pid):
+def _io(pid):
+    """/proc/PID/io as a dict (rchar, wchar, syscr, syscw, read_bytes, ...), or None."""
     try:
         with open(f"/proc/{pid}/io") as f:
-            for line in f:
-                if line.startswith("rchar:"):
-                    return int(line.split()[1])
-    except OSError:
+            return {k.strip(): int(v) for k, v in (line.split(":", 1) for line in f)}
+    except (OSError, ValueError):
         return None
-    return None
 
 
 def _hwm_kib():
@@ -86,9 +84,10 @@ def _wait(pid, deadline, kill):
 
 
 def _reap(pid):
-    rchar = _rchar(pid)  # still a zombie: /proc/PID/io is readable
+    io = _io(pid)  # still a zombie: /proc/PID/io is readable
     _, status, ru = os.wait4(pid, 0)
-    return {"exit": os.waitstatus_to_exitcode(status), "rchar": rchar,
+    return {"exit": os.waitstatus_to_exitcode(status), "io": io,
+            "rchar": None if io is None else io.get("rchar"),
             "maxrss_kib": ru.ru_maxrss, "utime": ru.ru_utime, "stime": ru.ru_stime}
 
 

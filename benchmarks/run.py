@@ -65,11 +65,16 @@ class Proc:
     maxrss_kib: int  # ru_maxrss
     utime: float
     stime: float
+    io: Optional[Dict[str, int]] = None  # all of /proc/PID/io
     stderr: str = ""
+
+    @property
+    def cpu(self) -> float:
+        return self.utime + self.stime
 
     def to_json(self) -> Dict[str, Any]:
         return {"exit": self.exit, "rchar": self.rchar, "maxrss_kib": self.maxrss_kib,
-                "utime": round(self.utime, 4), "stime": round(self.stime, 4)}
+                "utime": round(self.utime, 4), "stime": round(self.stime, 4), "io": self.io}
 
 
 @dataclass
@@ -80,6 +85,11 @@ class Run:
     main: Proc  # the measured process: the tool, or the last process of a reference
     producer: Optional[Proc] = None  # ``cat {image}`` feeding the pipe
 
+    @property
+    def cpu(self) -> float:
+        """CPU seconds (user + system) of the whole command or pipeline."""
+        return self.main.cpu + (self.producer.cpu if self.producer else 0.0)
+
     def to_json(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"seconds": round(self.seconds, 6), **self.main.to_json()}
         if self.producer is not None:
@@ -89,7 +99,7 @@ class Run:
 
 def _proc(argv: Sequence[str], d: Dict[str, Any]) -> Proc:
     return Proc(list(argv), int(d["exit"]), d["rchar"], int(d["maxrss_kib"]),
-                float(d["utime"]), float(d["stime"]))
+                float(d["utime"]), float(d["stime"]), d.get("io"))
 
 
 class Runner:
@@ -167,26 +177,40 @@ def _console_script(name: str) -> Tuple[Optional[str], str]:
     return None, ""
 
 
+def tool_env(pycache: Optional[Path]) -> Dict[str, str]:
+    """The environment the Python tools run in.  With ``pycache``, bytecode is
+    cached there (``PYTHONPYCACHEPREFIX``, in the temp dir; nothing is written
+    next to the sources) even if the environment sets PYTHONDONTWRITEBYTECODE: an
+    installed package runs from cached bytecode, and compiling every module
+    from source on each start is not a cost users pay.  The warm-up run fills
+    the cache."""
+    env = dict(os.environ)
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
 def resolve_tools(names: Sequence[str], use_python: bool, upstream: Optional[Tuple[Path, str]],
-                  ) -> Dict[str, Tool]:
+                  base_env: Dict[str, str]) -> Dict[str, Tool]:
     tools: Dict[str, Tool] = {}
     for name in names:
         if name.startswith(UPSTREAM_PREFIX):
             assert upstream is not None
             root, pythonpath = upstream
-            env = dict(os.environ, PYTHONPATH=pythonpath)
+            env = dict(base_env, PYTHONPATH=pythonpath)
             script = root / "scripts" / name[len(UPSTREAM_PREFIX):]
             tools[name] = Tool([sys.executable, str(script)], env,
                                f"{sys.executable} {script} (PYTHONPATH={pythonpath})")
         elif use_python:
-            tools[name] = Tool([sys.executable, "-m", TOOL_MODULES[name]], dict(os.environ),
+            tools[name] = Tool([sys.executable, "-m", TOOL_MODULES[name]], dict(base_env),
                                f"{sys.executable} -m {TOOL_MODULES[name]}")
         else:
             path, how = _console_script(name)
             if path is None:
                 raise BenchError(f"console script {name!r} not found (pip install -e . first, "
                                  f"or use --python)")
-            tools[name] = Tool([path], dict(os.environ), f"{path} ({how})")
+            tools[name] = Tool([path], dict(base_env), f"{path} ({how})")
     return tools
 
 
@@ -293,6 +317,11 @@ class CaseResult:
     def ratios(self) -> List[float]:
         return [t.seconds / r.seconds for t, r in zip(self.tool_runs, self.ref_runs)]
 
+    @property
+    def cpu_ratios(self) -> List[float]:
+        """Per pair: CPU time (user + system, whole pipeline) tool / reference."""
+        return [t.cpu / max(r.cpu, 1e-3) for t, r in zip(self.tool_runs, self.ref_runs)]
+
     def checks(self) -> List[Tuple[str, bool]]:
         c = self.case
         t = c.targets
@@ -346,6 +375,7 @@ class CaseResult:
         d.update({
             "median_ratio": round(statistics.median(ratios), 4),
             "ratios": [round(x, 4) for x in ratios],
+            "median_cpu_ratio": round(statistics.median(self.cpu_ratios), 4),
             "tool_median_seconds": round(statistics.median(r.seconds for r in self.tool_runs), 6),
             "ref_median_seconds": round(statistics.median(r.seconds for r in self.ref_runs), 6),
             "tool_rchar": rc,
@@ -429,14 +459,14 @@ def fmt_target(x: Optional[float], prefix: str, pct: bool = False) -> str:
 
 
 def table(results: Sequence[CaseResult]) -> str:
-    head = ("case", "tool s", "ref s", "ratio", "[min-max]", "target", "tool read",
+    head = ("case", "tool s", "ref s", "ratio", "[min-max]", "target", "cpu ratio", "tool read",
             "of image", "target", "RSS MiB", "target", "exit", "result")
     rows: List[Tuple[str, ...]] = []
     for res in results:
         c = res.case
         t = c.targets
         if res.skipped:
-            rows.append((c.name, "", "", "", "", "", "", "", "", "", "", "",
+            rows.append((c.name, "", "", "", "", "", "", "", "", "", "", "", "",
                          f"SKIP ({res.skipped})"))
             continue
         ratios = res.ratios
@@ -449,6 +479,7 @@ def table(results: Sequence[CaseResult]) -> str:
             f"{statistics.median(ratios):.2f}",
             f"[{min(ratios):.2f}-{max(ratios):.2f}]",
             fmt_target(t.max_ratio, "<="),
+            f"{statistics.median(res.cpu_ratios):.2f}",
             fmt_bytes(rc),
             "?" if rc is None else f"{100 * rc / res.image_size:.2f}%",
             fmt_target(t.max_read_fraction, "<=", pct=True),
@@ -459,7 +490,7 @@ def table(results: Sequence[CaseResult]) -> str:
         ))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(head)]
-    left = {0, 12}
+    left = {0, 13}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
@@ -474,6 +505,21 @@ def first_line(argv: Sequence[str]) -> str:
         return (p.stdout.splitlines() or [""])[0]
     except (OSError, subprocess.SubprocessError):
         return "?"
+
+
+def source_state() -> str:
+    """The checkout measured: git commit, and whether src/ differs from it (read-only)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "(not a git checkout)"
+    if not head:
+        return "(not a git checkout)"
+    return f"at {head}" + (" + uncommitted changes in src/" if dirty else "")
 
 
 def cpu_model() -> str:
@@ -511,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "verify-stream-v2 for comparison")
     p.add_argument("--python", action="store_true",
                    help="run the tools as 'python -m xenstream' instead of console scripts")
+    p.add_argument("--env-as-is", action="store_true",
+                   help="run the tools in this environment unchanged (default: bytecode is "
+                   "cached in the temp dir even if PYTHONDONTWRITEBYTECODE is set)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 if any target fails (default: always 0, it is a measurement)")
     p.add_argument("--timeout", type=float, default=1800, metavar="S",
@@ -588,8 +637,17 @@ def _main(args: argparse.Namespace) -> int:
             root, pythonpath, unotes = check_upstream(args.upstream_xen, workdir)
             upstream = (root, pythonpath)
             notes += unotes
+        pycache = None if args.env_as_is else workdir / "pycache"
         tools = resolve_tools(list(dict.fromkeys(c.tool[0] for c in cases)), args.python,
-                              upstream)
+                              upstream, tool_env(pycache))
+        if pycache is not None:
+            notes.append("Python tools run with bytecode cached in the temp dir (PYTHONPYCACHEPREFIX"
+                         + ("; the environment's PYTHONDONTWRITEBYTECODE=1 is dropped for them"
+                            if os.environ.get("PYTHONDONTWRITEBYTECODE") else "")
+                         + "), as an installed package; --env-as-is to keep the environment")
+        elif os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            notes.append("PYTHONDONTWRITEBYTECODE is set (--env-as-is): the tools compile their "
+                         "modules from source on every start")
         if avail is not None and avail < sum(est.values()) + 512 * MiB:
             notes.append(f"only {fmt_bytes(avail)} of memory available for "
                          f"{fmt_bytes(sum(est.values()))} of images: they may not stay in the page "
@@ -630,7 +688,7 @@ def _main(args: argparse.Namespace) -> int:
     out.append(f"host: {socket.gethostname()}, Linux {platform.release()}, {os.cpu_count()} CPUs "
                f"({cpu_model()}), Python {platform.python_version()}, "
                f"load {load_start[0]:.2f} -> {load_end[0]:.2f}")
-    out.append(f"references: {first_line([cat, '--version'])}")
+    out.append(f"references: {first_line([cat, '--version'])}; xenstream {source_state()}")
     for name, tool in tools.items():
         b = baselines[name]
         out.append(f"tool {name}: {tool.how}")
@@ -648,9 +706,11 @@ def _main(args: argparse.Namespace) -> int:
     out.append("")
     out.append(table(results))
     out.append("")
-    out.append("ratio = median over pairs of (tool wall time / reference wall time); "
-               "tool read = max rchar of the tool")
-    out.append("process over the timed runs (includes interpreter start-up); RSS = max ru_maxrss.")
+    out.append("ratio = median over pairs of (tool wall time / reference wall time); cpu ratio = "
+               "the same with user+system CPU seconds")
+    out.append("(information only); tool read = max rchar of the tool process over the timed runs "
+               "(includes interpreter")
+    out.append("start-up; bytes moved by splice() are not counted); RSS = max ru_maxrss of the tool.")
     for res in results:
         pipe = f"{cat} IMAGE | " if res.case.pipe else ""
         img = str(paths.get(res.case.image, ""))
@@ -667,6 +727,7 @@ def _main(args: argparse.Namespace) -> int:
                      "python": platform.python_version(), "loadavg_start": load_start,
                      "loadavg_end": load_end, "mem_available": avail},
             "references": {"cat": first_line([cat, "--version"]), **refs},
+            "xenstream_source": source_state(),
             "tools": {n: {"argv": t.argv, "how": t.how, "startup": baselines[n]}
                       for n, t in tools.items()},
             "images": image_info, "generator_maxrss_kib": gen_rss,

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -150,6 +151,13 @@ def run(argv: Sequence[str], *, input: Optional[bytes] = None, stdin: Any = None
     if expect is not None:
         assert p.returncode == expect, (argv, p.returncode, out, err)
     return res
+
+
+def run_many(jobs: Sequence[Tuple[Sequence[str], int]]) -> List[subprocess.CompletedProcess]:
+    """Run independent commands concurrently (each checked as by run())."""
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        futs = [ex.submit(run, argv, expect=rc) for argv, rc in jobs]
+        return [f.result() for f in futs]
 
 
 def run_piped(argv: Sequence[str], data: bytes, chunk: int = 1, **kw: Any) -> subprocess.CompletedProcess:
@@ -550,12 +558,11 @@ def _invalid_libxc() -> Tuple[bytes, int]:
 def test_quiet_prints_nothing(tmp_path: Path) -> None:
     good = put(tmp_path, image(envelope="xl"), "good")
     bad = put(tmp_path, _invalid_libxc()[0], "bad")
-    for argv, rc in (([XENSTREAM, "verify", "-q", str(good)], 0),
-                     ([XENSTREAM, "verify", "-q", str(bad)], 1),
-                     ([V2, "-q", "-i", str(good)], 0),
-                     ([V2, "-q", "-v", "-i", str(bad)], 1)):
-        p = run(argv, expect=rc)
-        assert p.stdout == "" and p.stderr == "", argv
+    for p in run_many([([XENSTREAM, "verify", "-q", str(good)], 0),
+                       ([XENSTREAM, "verify", "-q", str(bad)], 1),
+                       ([V2, "-q", "-i", str(good)], 0),
+                       ([V2, "-q", "-v", "-i", str(bad)], 1)]):
+        assert p.stdout == "" and p.stderr == "", p.args
 
 
 def test_verbose_lists_records_page_data_squashed(tmp_path: Path) -> None:
@@ -702,8 +709,7 @@ def test_bad_inputs_no_traceback(tmp_path: Path, prog: str, case: str) -> None:
 
 def test_v2_input_forms(tmp_path: Path) -> None:
     f = put(tmp_path, image(envelope="libxl"))
-    run([V2, "-i", str(f)], expect=0)
-    run([V2, "--in", str(f)], expect=0)
+    run_many([([V2, "-i", str(f)], 0), ([V2, "--in", str(f)], 0)])
     with open(f, "rb") as fh:
         out = run([V2], stdin=fh, expect=0)  # default: stdin
         assert out.stdout == "" and out.stderr == ""
@@ -731,10 +737,12 @@ def test_v2_forced_format_contradiction(tmp_path: Path, forced: str, kind: str) 
         assert f"expected a {forced} stream" in q.stderr and f"{kind} stream" in q.stderr
 
 
-@pytest.mark.parametrize("fmt", ["libxc", "libxl", "xl"])
-def test_v2_forced_format_agreeing(tmp_path: Path, fmt: str) -> None:
-    f = put(tmp_path, image(envelope=fmt))
-    run([V2, "--format" if fmt == "xl" else "-f", fmt, "-i", str(f)], expect=0)
+def test_v2_forced_format_agreeing(tmp_path: Path) -> None:
+    jobs = []
+    for fmt in ("libxc", "libxl", "xl"):
+        f = put(tmp_path, image(envelope=fmt), fmt)
+        jobs.append(([V2, "--format" if fmt == "xl" else "-f", fmt, "-i", str(f)], 0))
+    run_many(jobs)
 
 
 def test_v2_verbose_and_quiet(tmp_path: Path) -> None:
@@ -751,9 +759,9 @@ def test_v2_verbose_and_quiet(tmp_path: Path) -> None:
 def test_v2_syslog(tmp_path: Path) -> None:
     good = put(tmp_path, image(envelope="libxc"), "good")
     bad = put(tmp_path, _invalid_libxc()[0], "bad")
-    run([V2, "--syslog", "-v", "-i", str(good)], expect=0)
-    run([V2, "--syslog", "-i", str(bad)], expect=1)
-    run([V2, "--syslog", "-q", "-i", str(bad)], expect=1)
+    run_many([([V2, "--syslog", "-v", "-i", str(good)], 0),
+              ([V2, "--syslog", "-i", str(bad)], 1),
+              ([V2, "--syslog", "-q", "-i", str(bad)], 1)])
 
 
 def test_v2_rejects_legacy_images(tmp_path: Path) -> None:

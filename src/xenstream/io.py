@@ -30,7 +30,7 @@ from xenstream.errors import TruncatedError, UsageError
 #: verifier that skips page data should read about this much per record.
 WINDOW = 16 * 1024
 #: Window used while the records being skipped are small.
-BIG_WINDOW = 256 * 1024
+BIG_WINDOW = 64 * 1024
 #: Chunk used to discard data from a non-seekable input.
 DISCARD_CHUNK = 1024 * 1024
 
@@ -257,13 +257,15 @@ class Source:
             return
         left = n
         if hasattr(os, "splice"):
-            left = self._skip_splice(left)
+            left, eof = self._skip_splice(left)
+            if eof:
+                raise TruncatedError(at, n, n - left, what=what, layer=layer)
         if left:
             if self._discard is None:
-                self._discard = bytearray(DISCARD_CHUNK)
+                self._discard = bytearray(min(left, DISCARD_CHUNK))
             view = memoryview(self._discard)
             while left:
-                k = min(left, DISCARD_CHUNK)
+                k = min(left, len(self._discard))
                 got = os.readv(self.fd, [view[:k]])
                 if got <= 0:
                     raise TruncatedError(at, n, n - left, what=what, layer=layer)
@@ -271,24 +273,25 @@ class Source:
                 self.pos += got
                 left -= got
 
-    def _skip_splice(self, left: int) -> int:
-        """Move ``left`` bytes from a pipe to /dev/null; return what is left."""
+    def _skip_splice(self, left: int) -> Tuple[int, bool]:
+        """Move ``left`` bytes from a pipe to /dev/null.  Returns what is left
+        and whether the input ended (splice unsupported: nothing moved, False)."""
         if self._devnull is None:
             try:
                 self._devnull = os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError:
-                return left
+                return left, False
         splice = os.splice  # type: ignore[attr-defined]
         while left:
             try:
                 got = splice(self.fd, self._devnull, min(left, DISCARD_CHUNK))
             except OSError:
-                return left  # not a pipe: fall back to reading
+                return left, False  # not a pipe: fall back to reading
             if got <= 0:
-                break
+                return left, True
             self.pos += got
             left -= got
-        return left
+        return left, False
 
     def copy_to(self, out_fd: int, n: int, *, what: str = "", layer: str = "") -> None:
         """Move ``n`` bytes to ``out_fd`` (used by the writer and converter)."""
