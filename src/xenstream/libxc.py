@@ -788,7 +788,7 @@ class LibxcChecker:
 
     # -- end of stream -----------------------------------------------------------
 
-    def finish(self, *, checkpointed: bool) -> None:
+    def finish(self) -> None:
         """Rules checked when the stream (or the last complete checkpoint) ends."""
         s = self.s
         r = self.report
@@ -820,5 +820,3 @@ class LibxcChecker:
         if s.version >= 3 and not s.static_data_end:
             r(ERROR, "static-data-end-missing", RESTORE, False,
               "expected a STATIC_DATA_END record in a version 3 stream, found none")
-        if s.dhdr_type and self.nr_vcpus is None and s.guest == GUEST_PV and not self._noted_vcpu:
-            pass

@@ -117,6 +117,7 @@ class Verifier:
         self.last_libxl: Optional[int] = None  # type of the last libxl record
         self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
         self.legacy: Optional[Legacy] = None
+        self.reported_colo_pv = False
 
     # -- reporting ---------------------------------------------------------------
 
@@ -288,8 +289,6 @@ class Verifier:
         chk.record(rtype, rec.length, body, rec.read)
         if rtype == libxc.REC_TYPE_CHECKPOINT:
             self.since_checkpoint = 0
-            if chk.s.guest == "pv" and st.colo:
-                pass
         else:
             self.since_checkpoint += 1
         if rtype == libxc.REC_TYPE_END:
@@ -313,15 +312,14 @@ class Verifier:
         else:
             body = None
         guest = self.libxc.s.guest if self.libxc else None
-        in_cp = st.in_checkpoint
-        if rtype == libxl.REC_TYPE_CHECKPOINT_END:
-            # the parser has already closed the section when it yields the
-            # record?  No: it closes after; in_checkpoint is still True here.
-            in_cp = st.in_checkpoint
-        colo = rtype == libxl.REC_TYPE_CHECKPOINT_STATE and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END
-        chk.record(rtype, rec.length, body, guest=guest, in_checkpoint=in_cp, colo=colo,
-                   after_libxc=self.libxc_done or st.checkpoints > 0, rest=rest)
-        if rtype == libxl.REC_TYPE_CHECKPOINT_STATE and colo and guest == "pv":
+        # A CHECKPOINT_STATE is in its place right after CHECKPOINT_END (COLO);
+        # the parser yields CHECKPOINT_END while still inside the checkpoint.
+        colo = (rtype == libxl.REC_TYPE_CHECKPOINT_STATE
+                and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END)
+        chk.record(rtype, rec.length, body, guest=guest, in_checkpoint=st.in_checkpoint,
+                   colo=colo, after_libxc=self.libxc_done or st.checkpoints > 0, rest=rest)
+        if colo and guest == "pv" and not self.reported_colo_pv:
+            self.reported_colo_pv = True
             self.report(ERROR, "colo-pv", RESTORE, False,
                         "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
         self.last_libxl = rtype
@@ -376,10 +374,7 @@ class Verifier:
         st = self.parser.state
         if self.libxc is not None:
             self.ctx.set(self.src.pos, "end of stream", LAYER_LIBXC)
-            self.libxc.finish(checkpointed=bool(st.checkpoints))
-        if (self.libxl is not None and self.libxl.s.libxc_contexts == 0
-                and not truncated and self.libxl.s.ended):
-            pass  # reported at END
+            self.libxc.finish()
         if (not truncated and self.check_trailing and st.finished
                 and self.src.remaining()):
             self.ctx.set(self.src.pos, "end of stream", st.layers[0] if st.layers else "")
