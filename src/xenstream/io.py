@@ -205,22 +205,20 @@ class Source:
         self.pos += len(data)
         return data
 
-    def view(self, n: int) -> Tuple[bytes, int]:
-        """Seekable input only: ``(buf, off)`` where ``buf[off:]`` starts at
-        ``pos`` and holds at least ``n`` bytes (fewer only at end of file).
-        Nothing is consumed; :meth:`advance` consumes."""
-        off = self.pos - self._win_start
-        if off < 0 or off + n > len(self._win):
-            self._win = self._os_read(max(n, self._window))
-            self._win_start = self.pos
-            off = 0
-        return self._win, off
+    def fetch_at(self, pos: int, n: int) -> bytes:
+        """Seekable input only: up to ``n`` bytes at ``pos`` (fewer only at end
+        of file), read with one ``pread``; nothing is consumed."""
+        data = os.pread(self.fd, n, pos)
+        self.bytes_read += len(data)
+        return data
 
-    def advance(self, n: int, window: int) -> None:
-        """Consume ``n`` bytes already checked by the caller to lie within the
-        file (seekable input); ``window`` sizes the next read."""
-        self.pos += n
-        self._window = window
+    def advance_to(self, pos: int, tail: bytes = b"") -> None:
+        """Seekable input only: consume up to ``pos`` (checked by the caller
+        to lie within the file).  ``tail``, bytes already fetched at ``pos``,
+        becomes the read window so that they are not read again."""
+        self.pos = pos
+        self._win = tail
+        self._win_start = pos
 
     def read(self, n: int, *, what: str = "", layer: str = "") -> bytes:
         """Consume exactly ``n`` bytes or raise :class:`TruncatedError`."""

@@ -24,6 +24,7 @@ leaves is skipped (a seek on seekable input) when the next item is pulled.
 from __future__ import annotations
 
 import array
+import os
 import struct
 from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
@@ -252,6 +253,8 @@ class Record:
 Item = Union[Header, XlConfig, Record, PageRun, Legacy, EndOfInput]
 _RH = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
 _RH4 = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
+_ZEROS = [bytes(i) for i in range(1025)]
+_PFN_LIMIT = 1 << 52  # entries below this have type NOTAB and no reserved bits
 
 
 class ParseState:
@@ -528,56 +531,66 @@ class Parser:
                         return "eof"
 
     def _page_run(self, endian: str, filt: PageFilter) -> Optional[PageRun]:
-        """Check consecutive PAGE_DATA records in bulk, straight from the
-        input window; stop before the first one that is not plainly valid."""
+        """Check consecutive PAGE_DATA records in bulk, reading only their
+        headers and pfn lists (one exact ``pread`` each, payloads untouched);
+        stop before the first record that is not plainly valid."""
         src = self.src
         size = src.size
         assert size is not None
-        hdr = _RH4[endian]
+        fd = src.fd
+        pread = os.pread
+        unpack = _RH4[endian].unpack_from
         hi, nx = (7, 6) if endian == "<" else (0, 1)
         native = endian == libxc.NATIVE
+        t_bad, t_low, t_high, t_data = libxc.T_BAD, libxc.T_LOW, libxc.T_HIGH, libxc.T_DATA
         limit = filt.pfn_limit
         watch = filt.watch
         pos = start = src.pos
-        n = pages = entries = 0
+        n = pages = entries = nread = 0
         maxp = -1
+        guess = 8  # pfns fetched along with the header: the last record's count
+        buf = b""
         while True:
-            buf, off = src.view(16)
-            if off + 16 > len(buf):
+            buf = pread(fd, 16 + 8 * guess, pos)
+            nread += len(buf)
+            if len(buf) < 16:
                 break
-            rtype, length, count, res = hdr.unpack_from(buf, off)
+            rtype, length, count, res = unpack(buf)
             if rtype != 1 or res or not 0 < count <= 1024 or pos + 8 + length > size:
                 break
-            end = off + 16 + 8 * count
+            end = 16 + 8 * count
             if end > len(buf):
-                buf, off = src.view(16 + 8 * count)
-                end = off + 16 + 8 * count
+                more = pread(fd, end - len(buf), pos + len(buf))
+                nread += len(more)
+                buf += more
                 if end > len(buf):
                     break
-            raw = buf[off + 16:end]
-            top = raw[hi::8]
-            zeros = bytes(count)
-            if top == zeros:
-                n_data = count
-            else:
-                if top.translate(libxc.T_BAD) != zeros or top.translate(libxc.T_LOW) != zeros:
-                    break
-                n_data = top.translate(libxc.T_DATA).count(1)
-            if length != 8 + 8 * count + 4096 * n_data:
-                break
-            nxt = raw[nx::8]
-            if nxt.translate(libxc.T_HIGH) != zeros:
-                break
-            pfns = array.array("Q")
-            if top == zeros:
-                pfns.frombytes(raw)
-            else:
-                masked = bytearray(raw)
-                masked[hi::8] = zeros
-                pfns.frombytes(masked)
+            guess = count
+            raw = buf[16:end]
+            pfns = array.array("Q", raw) if native else array.array("Q")
             if not native:
+                pfns.frombytes(raw)
                 pfns.byteswap()
             m = max(pfns)
+            if m < _PFN_LIMIT:
+                # every entry below 2^52: type NOTAB, reserved bits clear
+                n_data = count
+            else:
+                top = raw[hi::8]
+                zeros = _ZEROS[count]
+                if (top.translate(t_bad) != zeros or top.translate(t_low) != zeros
+                        or raw[nx::8].translate(t_high) != zeros):
+                    break
+                n_data = top.translate(t_data).count(1)
+                masked = bytearray(raw)
+                masked[hi::8] = zeros
+                pfns = array.array("Q")
+                pfns.frombytes(masked)
+                if not native:
+                    pfns.byteswap()
+                m = max(pfns)
+            if length != 8 + 8 * count + 4096 * n_data:
+                break
             if (limit is not None and m > limit) or (watch and not watch.isdisjoint(pfns)):
                 break
             if m > maxp:
@@ -585,8 +598,11 @@ class Parser:
             n += 1
             pages += n_data
             entries += count
-            src.advance(8 + length, io.BIG_WINDOW if length < io.BIG_WINDOW // 4 else io.WINDOW)
             pos += 8 + length
+        src.bytes_read += nread
+        # what was fetched for the record that stopped the run is handed to
+        # the ordinary path, so no byte is read twice
+        src.advance_to(pos, buf)
         if not n:
             return None
         run = PageRun(start, pos, self._index, n, pages, maxp, entries)
