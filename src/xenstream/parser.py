@@ -28,7 +28,7 @@ import os
 import struct
 from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
-from xenstream import io, legacy, libxc, libxl, xl
+from xenstream import legacy, libxc, libxl, xl
 from xenstream.errors import FormatError, LimitError, TruncatedError
 from xenstream.io import Source
 from xenstream.layout import pad8
