@@ -45,6 +45,7 @@ from xenstream import hvm
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.io import Source
 from xenstream.parser import Header, Parser, Record
+from xenstream.verify import verify
 from xenstream.writer import ImageSpec, LibxcWriter, LibxlWriter, write_image
 
 W = LibxcWriter
@@ -1183,3 +1184,24 @@ def test_vcpu_basic_before_pv_info_32bit_fails_on_size(tmp_path: Path) -> None:
     assert (f[0].severity, f[0].authority, f[0].restore_tolerates) == (ERROR, RESTORE, False)
     assert (f[0].record_index, f[0].offset) == b.marks["basic0"]
     assert "vcpu0-missing" in rules(res)
+
+
+def test_v3_static_data_end_after_memory_is_one_error(tmp_path: Path) -> None:
+    """v3: PAGE_DATA before STATIC_DATA_END stops the restore ("No STATIC_DATA_END
+    seen"); the late STATIC_DATA_END and policies must not add follow-on errors."""
+    buf = io.BytesIO()
+    w = LibxcWriter(buf)
+    w.headers("hvm")
+    w.page_data([0, 1])
+    w.page_data([2])
+    w.cpuid_policy()
+    w.static_data_end()
+    w.tsc_info()
+    w.hvm_context()
+    w.end()
+    p = tmp_path / "s"
+    p.write_bytes(buf.getvalue())
+    with Source.open(str(p)) as src:
+        res = verify(src)
+    assert [(f.rule, f.severity, f.record_index) for f in res.findings] == [
+        ("static-data-end-missing", ERROR, 0)]

@@ -284,6 +284,7 @@ class LibxcState:
         self.p2m_frame_types: Dict[int, int] = {}
         self.static_data_end = False
         self.static_data_end_inferred = False
+        self.static_data_end_missing = False  # v3: reported missing before memory
         self.vcpu_basic: Set[int] = set()
         self.hvm_context = False
         self.verify_mode = False
@@ -420,9 +421,14 @@ class LibxcChecker:
         if s.static_data_end:
             return
         if s.version >= 3:
-            self.report(ERROR, "static-data-end-missing", RESTORE, False,
-                        "expected STATIC_DATA_END before the first PAGE_DATA and "
-                        "X86_PV_P2M_FRAMES in a version 3 stream, found none")
+            # the restore stops here ("No STATIC_DATA_END seen"): say it once,
+            # and leave the later records' rules to judge them on their own
+            if not s.static_data_end_missing:
+                s.static_data_end_missing = True
+                self.report(ERROR, "static-data-end-missing", RESTORE, False,
+                            "expected STATIC_DATA_END before the first PAGE_DATA and "
+                            "X86_PV_P2M_FRAMES in a version 3 stream, found none")
+            return
         s.static_data_end = True
         s.static_data_end_inferred = True
 
@@ -817,6 +823,6 @@ class LibxcChecker:
         elif s.guest == GUEST_HVM and not s.hvm_context:
             r(ERROR, "hvm-context-missing", RESTORE, False,
               "expected an HVM_CONTEXT record in an HVM stream, found none")
-        if s.version >= 3 and not s.static_data_end:
+        if s.version >= 3 and not s.static_data_end and not s.static_data_end_missing:
             r(ERROR, "static-data-end-missing", RESTORE, False,
               "expected a STATIC_DATA_END record in a version 3 stream, found none")

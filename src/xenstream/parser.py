@@ -23,7 +23,6 @@ leaves is skipped (a seek on seekable input) when the next item is pulled.
 
 from __future__ import annotations
 
-import array
 import os
 import struct
 from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
@@ -255,6 +254,21 @@ _RH = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
 _RH4 = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 _ZEROS = [bytes(i) for i in range(1025)]
 _PFN_LIMIT = 1 << 52  # entries below this have type NOTAB and no reserved bits
+
+
+class _PfnStructs(dict):  # type: ignore[type-arg]
+    """count -> struct.Struct of ``count`` u64s, made on first use."""
+
+    def __init__(self, endian: str) -> None:
+        super().__init__()
+        self.endian = endian
+
+    def __missing__(self, count: int) -> struct.Struct:
+        st = self[count] = struct.Struct(f"{self.endian}{count}Q")
+        return st
+
+
+_PFN_STRUCTS = {"<": _PfnStructs("<"), ">": _PfnStructs(">")}
 
 
 class ParseState:
@@ -540,23 +554,24 @@ class Parser:
         fd = src.fd
         pread = os.pread
         unpack = _RH4[endian].unpack_from
+        pfn_structs = _PFN_STRUCTS[endian]
         hi, nx = (7, 6) if endian == "<" else (0, 1)
-        native = endian == libxc.NATIVE
         t_bad, t_low, t_high, t_data = libxc.T_BAD, libxc.T_LOW, libxc.T_HIGH, libxc.T_DATA
-        limit = filt.pfn_limit
+        # pfns at or above ``bound`` send a record to the one-by-one path
+        bound = _PFN_LIMIT if filt.pfn_limit is None else min(_PFN_LIMIT, filt.pfn_limit + 1)
         watch = filt.watch
         pos = start = src.pos
         n = pages = entries = nread = 0
         maxp = -1
-        guess = 8  # pfns fetched along with the header: the last record's count
+        want = 16 + 8 * 8  # header and pfns fetched at once: sized by the last record
         buf = b""
         while True:
-            buf = pread(fd, 16 + 8 * guess, pos)
+            buf = pread(fd, want, pos)
             nread += len(buf)
             if len(buf) < 16:
                 break
             rtype, length, count, res = unpack(buf)
-            if rtype != 1 or res or not 0 < count <= 1024 or pos + 8 + length > size:
+            if rtype != 1 or res or not 0 < count <= 1024:
                 break
             end = 16 + 8 * count
             if end > len(buf):
@@ -565,40 +580,39 @@ class Parser:
                 buf += more
                 if end > len(buf):
                     break
-            guess = count
-            raw = buf[16:end]
-            pfns = array.array("Q", raw) if native else array.array("Q")
-            if not native:
-                pfns.frombytes(raw)
-                pfns.byteswap()
+            want = end
+            step = 8 + length
+            if pos + step > size:
+                break
+            pfns = pfn_structs[count].unpack_from(buf, 16)
             m = max(pfns)
-            if m < _PFN_LIMIT:
-                # every entry below 2^52: type NOTAB, reserved bits clear
+            if m < bound:
+                # every entry below 2^52 (and the PV limit): NOTAB, no reserved bits
+                if length != 8 + 4104 * count:
+                    break
                 n_data = count
             else:
+                raw = buf[16:end]
                 top = raw[hi::8]
                 zeros = _ZEROS[count]
                 if (top.translate(t_bad) != zeros or top.translate(t_low) != zeros
                         or raw[nx::8].translate(t_high) != zeros):
                     break
                 n_data = top.translate(t_data).count(1)
-                masked = bytearray(raw)
-                masked[hi::8] = zeros
-                pfns = array.array("Q")
-                pfns.frombytes(masked)
-                if not native:
-                    pfns.byteswap()
-                m = max(pfns)
-            if length != 8 + 8 * count + 4096 * n_data:
-                break
-            if (limit is not None and m > limit) or (watch and not watch.isdisjoint(pfns)):
+                if length != 8 + 8 * count + 4096 * n_data:
+                    break
+                m = max(p & libxc.PAGE_DATA_PFN_MASK for p in pfns)
+                if m >= bound:
+                    break
+                pfns = tuple(p & libxc.PAGE_DATA_PFN_MASK for p in pfns)
+            if watch and not watch.isdisjoint(pfns):
                 break
             if m > maxp:
                 maxp = m
             n += 1
             pages += n_data
             entries += count
-            pos += 8 + length
+            pos += step
         src.bytes_read += nread
         # what was fetched for the record that stopped the run is handed to
         # the ordinary path, so no byte is read twice

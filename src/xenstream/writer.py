@@ -383,7 +383,7 @@ def write_libxc(w: LibxcWriter, spec: ImageSpec, libxl_w: Optional[LibxlWriter] 
     if spec.guest == "pv":
         max_pfn, frames = p2m_frame_pfns(spec)
         w.p2m_frames(0, max_pfn, frames)
-    all_pfns = list(range(spec.pages))
+    all_pfns = range(spec.pages)
     _write_pages(w, spec, all_pfns)
     if spec.verify_resend:
         w.verify()
