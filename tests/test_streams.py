@@ -391,13 +391,23 @@ class TestXlHeader:
         assert f.offset == 48 + len(_default_optional())
 
     def test_no_streamv2_in_front_of_legacy_payload(self, tmp_path: Path) -> None:
-        payload = struct.pack("<QQ", 0x1000, 0xFFFFFFFFFFFFFFFF) + b"\0" * 64
+        # 64-bit toolstack, HVM (the default config's type): p2m_size u64, then
+        # the first chunk, -7 (TSC_INFO)
+        payload = struct.pack("<Qi", 0x1000, -7) + b"\0" * 64
         res = check(tmp_path, xl_image(streamv2=False, payload=payload))
         f = only(res, "legacy-stream")
         assert sig(f) == ("legacy-stream", ERROR, RESTORE, False)
         assert "legacy stream: convert it" in f.message
         assert f.offset == 48 + len(_default_optional())
         assert res.layers == ["xl", "legacy"]
+        assert res.summary["legacy"] == {"container": "xl", "width": 64, "guest_type": "hvm"}
+
+    def test_legacy_payload_contradicting_config_type(self, tmp_path: Path) -> None:
+        # the default config says HVM; a 64-bit PV legacy stream follows
+        payload = struct.pack("<QQ", 0x1000, 0xFFFFFFFFFFFFFFFF) + b"\0" * 64
+        res = check(tmp_path, xl_image(streamv2=False, payload=payload))
+        assert [(f.rule, f.severity) for f in res.findings] == [
+            ("guest-type-mismatch", ERROR), ("legacy-stream", ERROR)]
         assert res.summary["legacy"] == {"container": "xl", "width": 64, "guest_type": "pv"}
 
     def test_streamv2_in_front_of_legacy_payload_hints(self, tmp_path: Path) -> None:

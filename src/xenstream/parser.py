@@ -27,7 +27,7 @@ import os
 import struct
 from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
-from xenstream import legacy, libxc, libxl, xl
+from xenstream import legacy, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.errors import FormatError, LimitError, TruncatedError
 from xenstream.io import Source
 from xenstream.layout import pad8
@@ -36,8 +36,11 @@ LAYER_XL = "xl"
 LAYER_LIBXL = "libxl"
 LAYER_LIBXC = "libxc"
 LAYER_LEGACY = "legacy"
+LAYER_LIBVIRT = "libvirt"
+LAYER_XENOPSD = "xenopsd"
+LAYER_XEND = "xend"
 
-FORMAT_NAMES = ("libxc", "libxl", "xl")
+FORMAT_NAMES = ("libxc", "libxl", "xl", "libvirt", "xenopsd", "xend", "legacy")
 #: libxl records other than EMULATOR_CONTEXT: how much body anyone may hold.
 LIBXL_SMALL_BODY_MAX = 64 << 20
 #: xl configuration bigger than this is skipped (not held) when checking.
@@ -78,6 +81,50 @@ class XlConfig:
     @property
     def what(self) -> str:
         return "header (xl optional data)"
+
+
+class EnvelopeData:
+    """The configuration or metadata an envelope carries (libvirt XML, xend
+    SXP); ``data`` is None when it is too large to hold."""
+
+    __slots__ = ("offset", "layer", "kind", "declared_len", "data")
+
+    def __init__(self, offset: int, layer: str, kind: str, declared_len: int,
+                 data: Optional[bytes]) -> None:
+        self.offset = offset
+        self.layer = layer
+        self.kind = kind  # "libvirt XML", "xend SXP config"
+        self.declared_len = declared_len
+        self.data = data
+
+    @property
+    def what(self) -> str:
+        return f"header ({self.kind})"
+
+
+class Frame:
+    """One frame of a XenServer/xenopsd structured image.  ``head`` holds the
+    first bytes of a sized payload (all of a Xenops metadata frame, None when
+    too large); the parser skips the rest."""
+
+    __slots__ = ("index", "offset", "ftype", "length", "head")
+    layer = LAYER_XENOPSD
+
+    def __init__(self, index: int, offset: int, ftype: int, length: int,
+                 head: Optional[bytes]) -> None:
+        self.index = index
+        self.offset = offset
+        self.ftype = ftype
+        self.length = length
+        self.head = head
+
+    @property
+    def name(self) -> str:
+        return xenopsd.frame_name(self.ftype)
+
+    @property
+    def what(self) -> str:
+        return f"record #{self.index} ({self.name} frame)"
 
 
 class Legacy:
@@ -249,8 +296,17 @@ class Record:
                 f"length {self.length})")
 
 
-Item = Union[Header, XlConfig, Record, PageRun, Legacy, EndOfInput]
+Item = Union[Header, XlConfig, EnvelopeData, Frame, Record, PageRun, Legacy, EndOfInput]
 _RH = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
+#: the first 8 bytes of every envelope and stream header
+_MAGIC8 = {
+    b"\xff" * 8: "libxc",
+    libxl.HDR_IDENT.to_bytes(8, "big"): "libxl",
+    xl.MAGIC[:8]: "xl",
+    libvirt.MAGIC[:8]: "libvirt",
+    xenopsd.MAGIC_V2[:8]: "xenopsd",
+    xend.MAGIC[:8]: "xend",
+}
 _RH4 = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 _ZEROS = [bytes(i) for i in range(1025)]
 _PFN_LIMIT = 1 << 52  # entries below this have type NOTAB and no reserved bits
@@ -355,13 +411,12 @@ class Parser:
             raise TruncatedError(start, 8, len(head), what="header",
                                  message=f"expected a Xen save image header, found "
                                  f"{'an empty input' if not head else f'only {len(head)} bytes'}")
-        kind: Optional[str] = None
-        if head == b"\xff" * 8:
-            kind = "libxc"
-        elif head == libxl.HDR_IDENT.to_bytes(8, "big"):
-            kind = "libxl"
-        elif head == xl.MAGIC[:8]:
-            kind = "xl"
+        kind = _MAGIC8.get(head)
+        more = b""
+        if kind is None:
+            more = src.read_upto(8)
+            if legacy.sniff(head + more) is not None:
+                kind = "legacy"
         forced = self.format
         if forced and kind != forced:
             found = f"an {kind} stream" if kind == "xl" else (f"a {kind} stream" if kind else
@@ -376,16 +431,156 @@ class Parser:
             yield from self._libxl(head, start)
         elif kind == "xl":
             yield from self._xl(head, start)
-        else:
-            more = src.read_upto(8)
-            guess = legacy.sniff(head + more)
-            if guess is None:
-                raise FormatError(start, "expected a Xen save image (xl, libxl or libxc v2/v3 "
-                                  "header, or a legacy stream), found "
-                                  f"{(head + more)[:16].hex(' ')}", what="header",
-                                  rule="unrecognised")
+        elif kind == "libvirt":
+            yield from self._libvirt(head, start)
+        elif kind == "xenopsd":
+            yield from self._xenopsd(head, start)
+        elif kind == "xend":
+            yield from self._xend(head, start)
+        elif kind == "legacy":
             self.state.layers.append(LAYER_LEGACY)
-            yield Legacy(start, guess, "bare")
+            yield Legacy(start, legacy.sniff(head + more), "bare")
+        else:
+            raise FormatError(start, "expected a Xen save image (xl, libvirt, xenopsd or xend "
+                              "envelope, libxl or libxc v2/v3 header, or a legacy stream), "
+                              f"found {(head + more)[:16].hex(' ')}", what="header",
+                              rule="unrecognised")
+
+    # -- envelopes ---------------------------------------------------------------------
+
+    def _blob(self, declared: int, limit: int, what: str, layer: str) -> Optional[bytes]:
+        """Read a configuration blob of ``declared`` bytes, or skip it when it
+        is larger than ``limit``; truncation is checked before anything is read."""
+        src = self.src
+        rem = src.remaining()
+        if rem is not None and declared > rem:
+            raise TruncatedError(src.pos, declared, rem, what=what, layer=layer,
+                                 message=f"expected {declared} bytes, found end of stream "
+                                 f"after {rem}")
+        if declared > limit:
+            src.skip(declared, what=what, layer=layer)
+            return None
+        return src.read(declared, what=what, layer=layer)
+
+    def _legacy_payload(self, container: str) -> Iterator[Item]:
+        at = self.src.pos
+        peek = self.src.read_upto(16)
+        if not peek:
+            raise TruncatedError(at, 16, 0, what="legacy stream", layer=LAYER_LEGACY,
+                                 message="expected a legacy stream, found end of stream")
+        self.state.layers.append(LAYER_LEGACY)
+        yield Legacy(at, legacy.sniff(peek), container)
+
+    def _libvirt(self, head: bytes, start: int) -> Iterator[Item]:
+        src = self.src
+        self.state.layers.append(LAYER_LIBVIRT)
+        what = "header (libvirt header)"
+        raw = head + src.read(libvirt.HEADER_SIZE - 8, what=what, layer=LAYER_LIBVIRT)
+        if raw[:16] != libvirt.MAGIC:
+            raise FormatError(start, f"expected the libvirt magic {libvirt.MAGIC!r}, found "
+                              f"{raw[:16]!r}", what=what, layer=LAYER_LIBVIRT,
+                              rule="libvirt-magic")
+        f = libvirt.HDR.unpack(raw, "<", 16)
+        yield Header(LAYER_LIBVIRT, "libvirt header", start, libvirt.HEADER_SIZE, f)
+        at = src.pos
+        data = self._blob(f["xml_len"], libvirt.XML_MAX, "header (libvirt XML)", LAYER_LIBVIRT)
+        yield EnvelopeData(at, LAYER_LIBVIRT, "libvirt XML", f["xml_len"], data)
+        at = src.pos
+        h2 = src.read_upto(8)
+        if h2 == libxl.HDR_IDENT.to_bytes(8, "big"):
+            yield from self._libxl(h2, at)
+            return
+        if len(h2) < 8:
+            raise TruncatedError(at, 8, len(h2), what="header (libxl header)", layer=LAYER_LIBXL,
+                                 message="expected the saved stream after the XML, found end "
+                                 "of stream")
+        more = src.read_upto(8)
+        if legacy.sniff(h2 + more) is None:
+            raise FormatError(at, "expected a libxl stream or a legacy stream after the XML, "
+                              f"found {(h2 + more).hex(' ')}" + self._hint(h2 + more),
+                              what="header (libxl header)", layer=LAYER_LIBXL,
+                              rule="libvirt-payload")
+        self.state.layers.append(LAYER_LEGACY)
+        yield Legacy(at, legacy.sniff(h2 + more), "libvirt")
+
+    def _xend(self, head: bytes, start: int) -> Iterator[Item]:
+        src = self.src
+        self.state.layers.append(LAYER_XEND)
+        what = "header (xend header)"
+        raw = head + src.read(xend.HEADER_SIZE - 8, what=what, layer=LAYER_XEND)
+        if raw[:16] != xend.MAGIC:
+            raise FormatError(start, f"expected the xend signature {xend.MAGIC!r}, found "
+                              f"{raw[:16]!r}", what=what, layer=LAYER_XEND, rule="xend-magic")
+        clen = int.from_bytes(raw[16:20], "big", signed=True)
+        yield Header(LAYER_XEND, "xend header", start, xend.HEADER_SIZE, {"config_len": clen}, ">")
+        at = src.pos
+        if clen > 0:
+            data = self._blob(clen, xend.CONFIG_MAX, "header (xend SXP config)", LAYER_XEND)
+            yield EnvelopeData(at, LAYER_XEND, "xend SXP config", clen, data)
+        yield from self._legacy_payload("xend")
+
+    def _xenopsd(self, head: bytes, start: int) -> Iterator[Item]:
+        src = self.src
+        st = self.state
+        st.layers.append(LAYER_XENOPSD)
+        what = "header (xenopsd signature)"
+        sig = head + src.read(xenopsd.SIGNATURE_SIZE - 8, what=what, layer=LAYER_XENOPSD)
+        if sig == xenopsd.MAGIC_LEGACY:
+            yield Header(LAYER_XENOPSD, "xenopsd legacy signature", start, len(sig), {})
+            yield from self._legacy_payload("xenopsd")
+            return
+        if sig != xenopsd.MAGIC_V2:
+            raise FormatError(start, f"expected {xenopsd.MAGIC_V2!r} or "
+                              f"{xenopsd.MAGIC_LEGACY!r}, found {sig!r}", what=what,
+                              layer=LAYER_XENOPSD, rule="xenopsd-signature")
+        yield Header(LAYER_XENOPSD, "xenopsd signature", start, len(sig), {})
+        while True:
+            at = src.pos
+            raw = src.read_upto(16)
+            if len(raw) < 16:
+                raise TruncatedError(at, 16, len(raw), what=f"record #{self._index}",
+                                     layer=LAYER_XENOPSD,
+                                     message="expected a frame header (or End_of_image), found "
+                                     f"end of stream{f' after {len(raw)} bytes' if raw else ''}"
+                                     ": xenopsd fails the restore")
+            ftype, length = xenopsd.FRAME.unpack(raw).values()
+            frame = Frame(self._index, at, ftype, length, None)
+            self._index += 1
+            sized = ftype in xenopsd.SIZED or ftype not in xenopsd.FRAME_NAMES
+            if sized:
+                rem = src.remaining()
+                if rem is not None and length > rem:
+                    raise TruncatedError(at + 16, length, rem, what=frame.what,
+                                         layer=LAYER_XENOPSD,
+                                         message=f"expected a {length}-byte payload, found "
+                                         f"end of stream after {rem} bytes")
+                if ftype == xenopsd.XENOPS:
+                    frame.head = self._blob(length, xenopsd.METADATA_MAX, frame.what,
+                                            LAYER_XENOPSD)
+                else:
+                    frame.head = src.read(min(length, 16), what=frame.what, layer=LAYER_XENOPSD)
+            yield frame
+            if sized:
+                done = len(frame.head) if frame.head is not None else length
+                src.skip(length - done if ftype != xenopsd.XENOPS else 0,
+                         what=frame.what, layer=LAYER_XENOPSD)
+            elif ftype == xenopsd.LIBXC:
+                at2 = src.pos
+                h = src.read_upto(8)
+                if h != b"\xff" * 8:
+                    raise FormatError(at2, "expected a libxc stream in the Libxc frame, found "
+                                      f"{h.hex(' ')}" + self._hint(h + src.read_upto(8)),
+                                      what="header (libxc image header)", layer=LAYER_LIBXC,
+                                      rule="libxc-marker")
+                yield from self._libxc(h, at2, bare=True, final=False)
+            elif ftype == xenopsd.LIBXC_LEGACY:
+                yield from self._legacy_payload("xenopsd")
+                return
+            elif ftype == xenopsd.DEMU:
+                return  # private format: nothing after it can be found
+            elif ftype == xenopsd.END_OF_IMAGE:
+                st.finished = True
+                return
 
     # -- xl ---------------------------------------------------------------------------
 
@@ -496,7 +691,8 @@ class Parser:
 
     # -- libxc ------------------------------------------------------------------------
 
-    def _libxc(self, head: bytes, start: int, *, bare: bool) -> Generator[Item, None, str]:
+    def _libxc(self, head: bytes, start: int, *, bare: bool,
+               final: bool = True) -> Generator[Item, None, str]:
         """Yield the libxc stream; returns "end" (END read) or "eof" (clean EOF
         after a checkpoint)."""
         src = self.src
@@ -534,7 +730,7 @@ class Parser:
             yield rec
             rec.finish()
             if rec.rtype == libxc.REC_TYPE_END:
-                if bare:
+                if bare and final:
                     st.finished = True
                 return "end"
             if rec.rtype == libxc.REC_TYPE_CHECKPOINT:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from xenstream.findings import ERROR, WARNING
 from xenstream.parser import EndOfInput, Header, Item, Legacy, PageRun, Record, XlConfig
@@ -19,17 +19,45 @@ def finding_lines(res: Result, name: str, *, warnings: bool = True) -> List[str]
     return out
 
 
+def _libxc_name(s: Dict[str, Any]) -> str:
+    return f"libxc v{s['libxc']['version']}" if "libxc" in s else "libxc"
+
+
 def chain(res: Result) -> str:
+    """The layers, outermost first: ``libvirt (v2, XML) -> libxl v2 -> libxc v3``."""
     s = res.summary
-    parts = []
+    parts: List[str] = []
     for layer in res.layers:
-        if layer == "libxc" and "libxc" in s:
-            parts.append(f"libxc v{s['libxc']['version']}")
+        if layer == "libxc":
+            if "xenopsd" in s:
+                continue  # shown inside the frame list
+            parts.append(_libxc_name(s))
         elif layer == "libxl":
             parts.append("libxl v2")
         elif layer == "xl":
             xs = s.get("xl", {})
             parts.append("xl" + (" (STREAMv2)" if xs.get("streamv2") else ""))
+        elif layer == "libvirt":
+            lv = s.get("libvirt", {})
+            parts.append(f"libvirt (v{lv.get('version')}, XML)")
+        elif layer == "xend":
+            parts.append("xend (SXP config)")
+        elif layer == "xenopsd":
+            xo = s.get("xenopsd", {})
+            if xo.get("format") == "legacy":
+                parts.append("xenopsd legacy image")
+            else:
+                frames = [_libxc_name(s) if f == "Libxc" else
+                          "Xenops metadata" if f == "Xenops" else
+                          "end" if f == "End_of_image" else f"{f} record"
+                          for f in xo.get("frames", [])]
+                parts.append("xenopsd v2 frames" + (f" ({', '.join(frames)})" if frames else ""))
+        elif layer == "legacy":
+            lg = s.get("legacy", {})
+            bits = [f"{lg['width']}-bit toolstack" if lg.get("width") else "",
+                    (lg.get("guest_type") or "").upper()]
+            parts.append("legacy" + (f" ({', '.join(b for b in bits if b)})"
+                                     if any(bits) else ""))
         else:
             parts.append(layer)
     return " -> ".join(parts) if parts else "unrecognised"

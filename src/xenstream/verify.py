@@ -12,14 +12,18 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from xenstream import libxc, libxl
+from xenstream import xenopsd as xenopsd_mod
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.io import Source
+from xenstream.libvirt import LibvirtChecker
 from xenstream.libxc import LibxcChecker
 from xenstream.libxl import LibxlChecker
 from xenstream.parser import (
     LAYER_LIBXC,
     EndOfInput,
+    EnvelopeData,
+    Frame,
     Header,
     Item,
     Legacy,
@@ -30,9 +34,17 @@ from xenstream.parser import (
     StopStream,
     XlConfig,
 )
+from xenstream.xend import XendChecker
+from xenstream.xenopsd import XenopsdChecker
 from xenstream.xl import XlChecker
 
 SCHEMA_VERSION = 1
+_LEGACY_WHERE = {
+    "xl": "after the xl header (STREAMv2 flag clear)",
+    "libvirt": "after the libvirt header",
+    "xend": "after the xend header",
+    "xenopsd": "in a XenServer image",
+}
 #: Records after which the bulk PAGE_DATA filter may change.
 _FILTER_TRIGGERS = frozenset({libxc.REC_TYPE_PAGE_DATA, libxc.REC_TYPE_STATIC_DATA_END,
                               libxc.REC_TYPE_X86_PV_P2M_FRAMES, libxc.REC_TYPE_X86_PV_INFO})
@@ -118,6 +130,9 @@ class Verifier:
         self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
         self.legacy: Optional[Legacy] = None
         self.reported_colo_pv = False
+        self.libvirt: Optional[LibvirtChecker] = None
+        self.xend: Optional[XendChecker] = None
+        self.xenopsd: Optional[XenopsdChecker] = None
 
     # -- reporting ---------------------------------------------------------------
 
@@ -162,6 +177,10 @@ class Verifier:
                 elif isinstance(item, XlConfig):
                     assert self.xl is not None
                     self.xl.optional_data(item.optional_data_len, item.config_len, item.config)
+                elif isinstance(item, Frame):
+                    self._frame(item)
+                elif isinstance(item, EnvelopeData):
+                    self._envelope_data(item)
                 elif isinstance(item, Legacy):
                     self._legacy(item)
                 elif isinstance(item, EndOfInput):
@@ -187,16 +206,28 @@ class Verifier:
     # -- items -----------------------------------------------------------------------
 
     def _header(self, h: Header) -> None:
-        if h.kind == "xl header":
+        if h.kind == "libvirt header":
+            self.libvirt = LibvirtChecker(self.report)
+            self.libvirt.header(h.fields)
+        elif h.kind == "xend header":
+            self.xend = XendChecker(self.report)
+            self.xend.header(h.fields["config_len"])
+        elif h.kind in ("xenopsd signature", "xenopsd legacy signature"):
+            self.xenopsd = XenopsdChecker(self.report)
+            self.xenopsd.info.legacy = h.kind == "xenopsd legacy signature"
+        elif h.kind == "xl header":
             self.xl = XlChecker(self.report)
             from xenstream import xl as xlmod
             raw_bo = h.fields["byteorder"]
             self.xl.header(h.endian if raw_bo == xlmod.BYTEORDER else None, h.fields)
         elif h.kind == "libxl header":
+            if self.libvirt is not None:
+                self.libvirt.payload("libxl")
             self.libxl = LibxlChecker(self.report)
             self.libxl.header(h.fields)
         elif h.kind == "libxc image header":
-            nr = self.xl.info.max_vcpus() if self.xl else None
+            nr = (self.xl.info.max_vcpus() if self.xl else
+                  self.libvirt.info.vcpus if self.libvirt else None)
             self.libxc = LibxcChecker(self.report, nr_vcpus=nr)
             self.libxc.image_header(h.fields)
         elif h.kind == "libxc domain header":
@@ -204,20 +235,42 @@ class Verifier:
             self.libxc.domain_header(h.fields)
             self._cross_check_guest()
 
+    def _config_guest(self) -> Optional[Tuple[str, str]]:
+        """(guest type, where it comes from) as the image's own configuration says."""
+        if self.xl is not None and self.xl.info.guest_type():
+            return self.xl.info.guest_type() or "", "the xl config"
+        if self.libvirt is not None and self.libvirt.info.domain_type:
+            return self.libvirt.info.domain_type, "the libvirt XML"
+        if self.xend is not None and self.xend.info.guest:
+            return self.xend.info.guest, "the xend config"
+        return None
+
     def _cross_check_guest(self) -> None:
         assert self.libxc is not None
-        if self.xl is None:
-            return
-        cfg = self.xl.info.guest_type()
+        cfg = self._config_guest()
         got = self.libxc.s.guest
         if cfg is None or got is None:
             return
-        want = "pv" if cfg == "pv" else "hvm"  # PVH is HVM at the libxc level
+        want = "pv" if cfg[0] == "pv" else "hvm"  # PVH is HVM at the libxc level
         if want != got:
             self.report(ERROR, "guest-type-mismatch", RESTORE, False,
-                        f"expected an x86 {want.upper()} stream (the xl config says type "
-                        f"{cfg!r}), found x86 {got.upper()}: libxc restores into a domain "
+                        f"expected an x86 {want.upper()} stream ({cfg[1]} says type "
+                        f"{cfg[0]!r}), found x86 {got.upper()}: libxc restores into a domain "
                         "built from the config and refuses the other type")
+
+    def _envelope_data(self, item: EnvelopeData) -> None:
+        if item.layer == "libvirt" and self.libvirt is not None:
+            self.libvirt.xml(item.data)
+        elif item.layer == "xend" and self.xend is not None:
+            self.xend.config(item.data)
+
+    def _frame(self, f: Frame) -> None:
+        assert self.xenopsd is not None
+        self.records += 1
+        self.counts[(f.layer, f.ftype)] += 1
+        self.xenopsd.frame(f.ftype, f.length, f.head or b"")
+        if f.ftype == xenopsd_mod.XENOPS:
+            self.xenopsd.metadata(f.head)
 
     def _record(self, rec: Record) -> None:
         self.records += 1
@@ -326,8 +379,17 @@ class Verifier:
 
     def _legacy(self, item: Legacy) -> None:
         self.legacy = item
+        if self.libvirt is not None:
+            self.libvirt.payload("legacy")
+        cfg = self._config_guest()
+        if cfg is not None and item.guess is not None:
+            want = "pv" if cfg[0] == "pv" else "hvm"
+            if want != item.guess.guest:
+                self.report(ERROR, "guest-type-mismatch", RESTORE, False,
+                            f"expected a legacy {want.upper()} stream ({cfg[1]} says type "
+                            f"{cfg[0]!r}), found a legacy {item.guess.guest.upper()} stream")
         what = item.guess.describe() if item.guess else "legacy (Xen <= 4.5) stream"
-        where = "after the xl header (STREAMv2 flag clear)" if item.container == "xl" else ""
+        where = _LEGACY_WHERE.get(item.container, "")
         self.report(ERROR, "legacy-stream", RESTORE, False,
                     f"legacy stream: convert it ({what}{', ' + where if where else ''}); "
                     "Xen >= 4.6 restores it only through convert-legacy-stream")
@@ -372,6 +434,9 @@ class Verifier:
         if self.legacy is not None:
             return
         st = self.parser.state
+        if self.xenopsd is not None and not truncated:
+            self.ctx.set(self.src.pos, "end of stream", "xenopsd")
+            self.xenopsd.finish(complete=self.xenopsd.info.ended)
         if self.libxc is not None:
             self.ctx.set(self.src.pos, "end of stream", LAYER_LIBXC)
             self.libxc.finish()
@@ -387,6 +452,17 @@ class Verifier:
     def _summary(self) -> Dict[str, Any]:
         st = self.parser.state
         s: Dict[str, Any] = {"records": self.records, "bytes": self.src.pos - self.src.start}
+        if self.libvirt is not None:
+            v = self.libvirt.info
+            s["libvirt"] = {"version": v.version, "xml_len": v.xml_len, "name": v.name,
+                            "domain_type": v.domain_type}
+        if self.xend is not None:
+            x = self.xend.info
+            s["xend"] = {"config_len": x.config_len, "name": x.name, "guest_type": x.guest}
+        if self.xenopsd is not None:
+            o = self.xenopsd.info
+            s["xenopsd"] = {"format": "legacy" if o.legacy else "v2", "frames": o.frames,
+                            "word_size": o.word_size, "time": o.fields.get("time")}
         if self.xl is not None:
             i = self.xl.info
             s["xl"] = {"streamv2": i.streamv2, "mandatory_flags": i.mandatory_flags,
@@ -425,7 +501,8 @@ class Verifier:
             "checkpoint_records": st.checkpoints,
             "complete": n if st.checkpoints else 0,
         }
-        names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name}
+        names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name,
+                 "xenopsd": xenopsd_mod.frame_name}
         s["record_counts"] = dict(sorted(
             (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in self.counts.items()))
         return s
