@@ -138,7 +138,7 @@ class Legacy:
 
     @property
     def what(self) -> str:
-        return "legacy stream"
+        return "legacy payload"
 
 
 class EndOfInput:

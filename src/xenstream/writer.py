@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from xenstream import hvm, libxc, libxl, xl
+from xenstream import hvm, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.layout import pad8
 
 PAGE = libxc.PAGE_SIZE
@@ -284,7 +284,7 @@ def pv_vcpu_context(width: int, vcpu_id: int, *, cr3_pfn: int = 1,
 class ImageSpec:
     """What :func:`write_image` builds.  The defaults give a small valid image."""
 
-    envelope: str = "xl"  # "libxc" | "libxl" | "xl"
+    envelope: str = "xl"  # "libxc" | "libxl" | "xl" | "libvirt" | "xenopsd"
     guest: str = "hvm"  # "pv" | "hvm"
     version: int = 3  # libxc stream version
     width: int = 8  # PV guest width in bytes
@@ -426,6 +426,90 @@ def write_libxl(out: BinaryIO, spec: ImageSpec) -> None:
     lw.end()
 
 
+# -- envelopes ----------------------------------------------------------------------
+
+
+def libvirt_header(out: BinaryIO, xml: Union[str, bytes], *, version: int = 2,
+                   xml_len: Optional[int] = None, nul: bool = True,
+                   unused: Sequence[int] = (0,) * 10, magic: bytes = libvirt.MAGIC) -> None:
+    """libvirt's 64-byte header and the domain XML (NUL-terminated, as libvirt writes)."""
+    data = xml.encode() if isinstance(xml, str) else xml
+    if nul:
+        data += b"\0"
+    out.write(magic)
+    fields = {f"unused{i}": v for i, v in enumerate(unused)}
+    out.write(libvirt.HDR.pack("<", version=version,
+                               xml_len=len(data) if xml_len is None else xml_len, **fields))
+    out.write(data)
+
+
+def default_libvirt_xml(spec: ImageSpec) -> str:
+    ostype = "hvm" if spec.guest == "hvm" else "linux"
+    return (f"<domain type='xen'>\n  <name>xenstream-sample-{spec.guest}</name>\n"
+            "  <uuid>5f1e0c6a-9d7e-4c3b-8a8e-0123456789ab</uuid>\n"
+            f"  <memory unit='KiB'>{spec.pages * 4}</memory>\n"
+            f"  <vcpu placement='static'>{spec.vcpus}</vcpu>\n"
+            f"  <os>\n    <type arch='x86_64' machine='xenfv'>{ostype}</type>\n  </os>\n"
+            "</domain>\n")
+
+
+def xend_header(out: BinaryIO, sxp: Union[str, bytes], *, config_len: Optional[int] = None,
+                magic: bytes = xend.MAGIC) -> None:
+    """``LinuxGuestRecord``, the big-endian signed config length and the SXP config."""
+    data = sxp.encode() if isinstance(sxp, str) else sxp
+    out.write(magic)
+    out.write(struct.pack(">i", len(data) if config_len is None else config_len))
+    out.write(data)
+
+
+def default_xend_sxp(spec: ImageSpec) -> str:
+    image = ("(image (hvm (kernel '') (boot c) (device_model /usr/lib/xen/bin/qemu-dm)))"
+             if spec.guest == "hvm" else
+             "(image (linux (kernel /boot/vmlinuz) (args 'root=/dev/xvda1 ro')))")
+    return (f"(domain (domid 7) (name xenstream-sample-{spec.guest}) "
+            "(uuid 5f1e0c6a-9d7e-4c3b-8a8e-0123456789ab) "
+            f"(memory {max(1, spec.pages // 256)}) (maxmem {max(1, spec.pages // 256)}) "
+            f"(vcpus {spec.vcpus}) {image} (on_reboot restart) (state -b----))")
+
+
+def xenopsd_frame(out: BinaryIO, ftype: int, payload: bytes = b"", *,
+                  length: Optional[int] = None) -> None:
+    """One XenServer frame; Libxc, Demu and End_of_image are written with length 0."""
+    if length is None:
+        length = len(payload) if ftype in xenopsd.SIZED else 0
+    out.write(xenopsd.FRAME.pack("<", type=ftype, length=length))
+    out.write(payload)
+
+
+def xenops_metadata(*, time: str = "20261125T10:00:00Z", word_size: int = 64,
+                    vm_str: Optional[str] = None, extra: str = "") -> bytes:
+    """The Xenops record as xenopsd's sexplib printer writes it."""
+    parts = [f"(time {time})", f"(word_size {word_size})"]
+    if vm_str is not None:
+        esc = vm_str.replace("\\", "\\\\").replace('"', '\\"')
+        parts.append(f'(vm_str"{esc}")')
+    parts.append("(xs_subtree())")
+    return ("(" + "".join(parts) + extra + ")").encode()
+
+
+def write_xenopsd(out: BinaryIO, spec: ImageSpec, *, varstored: Optional[bytes] = None,
+                  swtpm: Optional[bytes] = None) -> None:
+    """A XenServer structured image: signature, Xenops, Libxc (+ libxc stream),
+    [Varstored, Swtpm], [Qemu_trad for HVM], End_of_image."""
+    out.write(xenopsd.MAGIC_V2)
+    xenopsd_frame(out, xenopsd.XENOPS, xenops_metadata(
+        vm_str=f"((id 5f1e0c6a-9d7e-4c3b-8a8e-0123456789ab)(name xenstream-{spec.guest}))"))
+    xenopsd_frame(out, xenopsd.LIBXC)
+    write_libxc(LibxcWriter(out, endian=spec.endian, version=spec.version), spec)
+    if varstored is not None:
+        xenopsd_frame(out, xenopsd.VARSTORED, varstored)
+    if swtpm is not None:
+        xenopsd_frame(out, xenopsd.SWTPM, swtpm)
+    if spec.guest == "hvm":
+        xenopsd_frame(out, xenopsd.QEMU_TRAD, spec.emulator_context)
+    xenopsd_frame(out, xenopsd.END_OF_IMAGE)
+
+
 def write_image(out: BinaryIO, spec: Optional[ImageSpec] = None) -> None:
     """Write a whole valid image as ``spec`` describes."""
     spec = spec or ImageSpec()
@@ -437,5 +521,11 @@ def write_image(out: BinaryIO, spec: Optional[ImageSpec] = None) -> None:
         xl_header(out, spec.config if spec.config is not None else default_config(spec),
                   endian=spec.endian)
         write_libxl(out, spec)
+    elif spec.envelope == "libvirt":
+        libvirt_header(out, default_libvirt_xml(spec))
+        write_libxl(out, spec)
+    elif spec.envelope == "xenopsd":
+        write_xenopsd(out, spec)
     else:
-        raise ValueError(f"unknown envelope {spec.envelope!r}")
+        raise ValueError(f"unknown envelope {spec.envelope!r} (xend images carry legacy "
+                         "streams: use xend_header() and a legacy writer)")

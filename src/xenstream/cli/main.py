@@ -15,12 +15,14 @@ from xenstream.report import RecordPrinter, finding_lines, to_json, verdict
 from xenstream.verify import verify
 
 PROG = "xenstream"
+FORMATS = ["libxc", "libxl", "xl", "libvirt", "xenopsd", "xend", "legacy"]
 
 EPILOG = """\
 examples:
   xenstream sample -o demo.xl          write a small HVM xl save file
   xenstream verify -v demo.xl          check it, listing every record
   xenstream verify --json image.save   one JSON document for scripts
+  xenstream config vm.save             the domain configuration it carries
   cat image.save | xenstream verify -  read a pipe
 
 exit status: 0 valid, 1 invalid input, 2 usage or internal error
@@ -53,6 +55,37 @@ def _verify(args: argparse.Namespace) -> int:
                 print(f"{name}: note: {n}")
         print(verdict(res, name))
     return EXIT_OK if res.valid else EXIT_INVALID
+
+
+def _config(args: argparse.Namespace) -> int:
+    import json
+
+    from xenstream.config import find_config
+    from xenstream.errors import FormatError
+
+    try:
+        src = Source.open(args.file)
+    except UsageError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    name = args.file if args.file != "-" else "<stdin>"
+    try:
+        with src:
+            cfg = find_config(src, format=args.format)
+    except FormatError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if cfg is None:
+        print(f"{name}: the image carries no domain configuration (bare libxl, libxc or legacy "
+              "streams have none)", file=sys.stderr)
+        return EXIT_INVALID
+    if args.json:
+        doc = {"file": name, **cfg.to_json()}
+        print(json.dumps(doc, indent=2))
+    else:
+        text = cfg.text()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -106,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("file", nargs="?", default="-", metavar="FILE",
                    help="image to check: a path, - for stdin (default), or /dev/fd/N")
-    v.add_argument("--format", choices=["libxc", "libxl", "xl"],
+    v.add_argument("--format", choices=FORMATS,
                    help="require this outermost format instead of detecting it")
     v.add_argument("-v", "--verbose", action="store_true",
                    help="list every header and record (runs of PAGE_DATA squashed)")
@@ -115,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lenient", action="store_true",
                    help="report spec violations that Xen's restore tolerates as warnings")
     v.set_defaults(func=_verify)
+
+    c = sub.add_parser(
+        "config", help="print the domain configuration an image carries",
+        description="Print the domain configuration embedded in a save image: libxl JSON or "
+        "xl cfg text (xl save files), the domain XML (libvirt), the SXP configuration (xend), "
+        "or the metadata record (XenServer). Only the headers are read.",
+        epilog="examples:\n  xenstream config demo.xl\n  xenstream config --json vm.save | jq .kind\n\n"
+        "exit status: 0 printed, 1 no configuration or unreadable image, 2 usage error",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("file", nargs="?", default="-", metavar="FILE",
+                   help="image: a path, - for stdin (default), or /dev/fd/N")
+    c.add_argument("--format", choices=FORMATS, help="require this outermost format")
+    c.add_argument("--json", action="store_true",
+                   help="print {kind, envelope, offset, length, config} as JSON")
+    c.set_defaults(func=_config)
 
     s = sub.add_parser(
         "sample", help="write a small realistic save image",

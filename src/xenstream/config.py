@@ -1,0 +1,77 @@
+"""The domain configuration an image carries: a consumer of the pull parser.
+
+xl save files carry libxl JSON (or xl cfg text for Xen <= 4.4), libvirt images
+their domain XML, xend images an SXP configuration, XenServer images a Xenops
+metadata record.  Configuration always precedes the saved stream, so reading
+stops at the first record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+from xenstream import xenopsd, xl
+from xenstream.io import Source
+from xenstream.parser import EnvelopeData, Frame, Header, Parser, XlConfig
+
+KINDS = {
+    "xl-json": "libxl JSON domain configuration (xl save file)",
+    "xl-cfg": "xl configuration file text (xl save file, Xen <= 4.4)",
+    "libvirt-xml": "libvirt domain XML",
+    "xend-sxp": "xend SXP domain configuration",
+    "xenopsd-sexp": "XenServer xenopsd metadata record (S-expression)",
+}
+
+
+class EmbeddedConfig:
+    __slots__ = ("kind", "envelope", "offset", "data")
+
+    def __init__(self, kind: str, envelope: str, offset: int, data: bytes) -> None:
+        self.kind = kind
+        self.envelope = envelope
+        self.offset = offset
+        self.data = data
+
+    def text(self) -> str:
+        t = self.data.decode("utf-8", errors="replace")
+        return t[:-1] if t.endswith("\0") else t
+
+    def to_json(self) -> Dict[str, Any]:
+        value: Any = self.text()
+        if self.kind == "xl-json":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        return {"kind": self.kind, "description": KINDS[self.kind], "envelope": self.envelope,
+                "offset": self.offset, "length": len(self.data), "config": value}
+
+
+def find_config(src: Source, *, format: Optional[str] = None) -> Optional[EmbeddedConfig]:
+    """The first embedded configuration, or None when the image carries none.
+    Raises :class:`~xenstream.errors.FormatError` on an image that cannot be read."""
+    json_flag = False
+    for item in Parser(src, format=format).items():
+        if isinstance(item, Header):
+            if item.kind == "xl header":
+                json_flag = bool(item.fields["mandatory_flags"] & xl.MANDATORY_FLAG_JSON)
+            elif item.kind in ("libxl header", "libxc image header"):
+                return None  # the saved stream has begun: no configuration before it
+        elif isinstance(item, XlConfig):
+            if item.config is None:
+                return None
+            return EmbeddedConfig("xl-json" if json_flag else "xl-cfg", "xl", item.offset + 4,
+                                  item.config)
+        elif isinstance(item, EnvelopeData):
+            if item.data is None:
+                return None
+            kind = "libvirt-xml" if item.layer == "libvirt" else "xend-sxp"
+            return EmbeddedConfig(kind, item.layer, item.offset, item.data)
+        elif isinstance(item, Frame):
+            if item.ftype == xenopsd.XENOPS and item.head is not None:
+                return EmbeddedConfig("xenopsd-sexp", "xenopsd", item.offset + 16, item.head)
+            return None
+        else:
+            return None  # a record, a legacy payload: past any configuration
+    return None
