@@ -128,13 +128,19 @@ class Frame:
 
 
 class Legacy:
-    __slots__ = ("offset", "guess", "container")
+    """A legacy payload starts here.  ``head`` holds its first bytes, already
+    consumed for detection; the legacy items follow when the parser follows
+    legacy streams (:attr:`Parser.follow_legacy`)."""
+
+    __slots__ = ("offset", "guess", "container", "head")
     layer = LAYER_LEGACY
 
-    def __init__(self, offset: int, guess: Optional[legacy.LegacyGuess], container: str) -> None:
+    def __init__(self, offset: int, guess: Optional[legacy.LegacyGuess], container: str,
+                 head: bytes = b"") -> None:
         self.offset = offset
         self.guess = guess
-        self.container = container  # "xl" (xl header without STREAMv2) or "bare"
+        self.container = container  # bare, xl, libvirt, xend, xenopsd
+        self.head = head
 
     @property
     def what(self) -> str:
@@ -296,7 +302,8 @@ class Record:
                 f"length {self.length})")
 
 
-Item = Union[Header, XlConfig, EnvelopeData, Frame, Record, PageRun, Legacy, EndOfInput]
+Item = Union[Header, XlConfig, EnvelopeData, Frame, Record, PageRun, Legacy, EndOfInput,
+             legacy.LItem]
 _RH = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
 #: the first 8 bytes of every envelope and stream header
 _MAGIC8 = {
@@ -352,6 +359,10 @@ class Parser:
         self._pushed: Optional[Tuple[int, bytes]] = None
         #: set by a consumer to receive PAGE_DATA runs in bulk (seekable input)
         self.page_filter: Optional[PageFilter] = None
+        #: read legacy payloads item by item (False: stop at the Legacy marker)
+        self.follow_legacy = True
+        self.legacy_options = legacy.LegacyOptions()
+        self.legacy_parser: Optional[legacy.LegacyParser] = None
 
     # -- helpers ---------------------------------------------------------------
 
@@ -439,7 +450,7 @@ class Parser:
             yield from self._xend(head, start)
         elif kind == "legacy":
             self.state.layers.append(LAYER_LEGACY)
-            yield Legacy(start, legacy.sniff(head + more), "bare")
+            yield from self._legacy(Legacy(start, legacy.sniff(head + more), "bare", head + more))
         else:
             raise FormatError(start, "expected a Xen save image (xl, libvirt, xenopsd or xend "
                               "envelope, libxl or libxc v2/v3 header, or a legacy stream), "
@@ -462,6 +473,21 @@ class Parser:
             return None
         return src.read(declared, what=what, layer=layer)
 
+    def _legacy(self, item: Legacy) -> Iterator[Item]:
+        """Yield ``item``, then (when following legacy streams) the legacy
+        stream's own items."""
+        yield item
+        if not self.follow_legacy:
+            return
+        lp = legacy.LegacyParser(self.src, prefix=item.head, options=self.legacy_options)
+        self.legacy_parser = lp
+        truncated = False
+        for it in lp.items():
+            if isinstance(it, legacy.LTruncated):
+                truncated = True
+            yield it
+        self.state.finished = not truncated and item.container != "xenopsd-frame"
+
     def _legacy_payload(self, container: str) -> Iterator[Item]:
         at = self.src.pos
         peek = self.src.read_upto(16)
@@ -469,7 +495,7 @@ class Parser:
             raise TruncatedError(at, 16, 0, what="legacy stream", layer=LAYER_LEGACY,
                                  message="expected a legacy stream, found end of stream")
         self.state.layers.append(LAYER_LEGACY)
-        yield Legacy(at, legacy.sniff(peek), container)
+        yield from self._legacy(Legacy(at, legacy.sniff(peek), container, peek))
 
     def _libvirt(self, head: bytes, start: int) -> Iterator[Item]:
         src = self.src
@@ -501,7 +527,7 @@ class Parser:
                               what="header (libxl header)", layer=LAYER_LIBXL,
                               rule="libvirt-payload")
         self.state.layers.append(LAYER_LEGACY)
-        yield Legacy(at, legacy.sniff(h2 + more), "libvirt")
+        yield from self._legacy(Legacy(at, legacy.sniff(h2 + more), "libvirt", h2 + more))
 
     def _xend(self, head: bytes, start: int) -> Iterator[Item]:
         src = self.src
@@ -574,8 +600,9 @@ class Parser:
                                       rule="libxc-marker")
                 yield from self._libxc(h, at2, bare=True, final=False)
             elif ftype == xenopsd.LIBXC_LEGACY:
-                yield from self._legacy_payload("xenopsd")
-                return
+                yield from self._legacy_payload("xenopsd-frame")
+                if not self.follow_legacy or self.legacy_parser is None:
+                    return
             elif ftype == xenopsd.DEMU:
                 return  # private format: nothing after it can be found
             elif ftype == xenopsd.END_OF_IMAGE:
@@ -636,7 +663,7 @@ class Parser:
                                   "would run the legacy converter on it and fail",
                                   what="header (xl header)", layer=LAYER_XL, rule="xl-streamv2-lie")
             st.layers.append(LAYER_LEGACY)
-            yield Legacy(at, legacy.sniff(peek), "xl")
+            yield from self._legacy(Legacy(at, legacy.sniff(peek), "xl", peek))
 
     @staticmethod
     def _hint(raw: bytes) -> str:
