@@ -100,6 +100,10 @@ class Sink:
             self.pos += n
             return
         left = n
+        pb = src.take_pushback(left)
+        if pb:
+            self.write(pb)
+            left -= len(pb)
         if src.seekable:
             rem = src.remaining()
             if rem is not None and rem < n:

@@ -72,6 +72,7 @@ class Source:
             os.lseek(fd, self.pos, os.SEEK_SET)
         self._win = b""
         self._win_start = 0
+        self._pushback = b""
         #: size of the next window: small while records are large (skipping
         #: their payload must not read it), large while they are small
         self._window = WINDOW
@@ -189,6 +190,11 @@ class Source:
         """Consume and return up to ``n`` bytes; fewer only at end of stream."""
         if n <= 0:
             return b""
+        if self._pushback:
+            data = self.take_pushback(n)
+            if len(data) == n:
+                return data
+            return data + self.read_upto(n - len(data))
         if self.seekable:
             off = self.pos - self._win_start
             if off >= 0 and off + n <= len(self._win):
@@ -228,6 +234,23 @@ class Source:
             raise TruncatedError(at, n, len(data), what=what, layer=layer)
         return data
 
+    def unread(self, data: bytes) -> None:
+        """Give back bytes just consumed (detection peeks): the next reads
+        return them again.  Nothing is re-read from a non-seekable input."""
+        if not data:
+            return
+        self.pos -= len(data)
+        if not self.seekable:
+            self._pushback = data + self._pushback
+
+    def take_pushback(self, n: int) -> bytes:
+        """Up to ``n`` given-back bytes (non-seekable input), consumed."""
+        if not self._pushback:
+            return b""
+        data, self._pushback = self._pushback[:n], self._pushback[n:]
+        self.pos += len(data)
+        return data
+
     def peek_eof(self) -> bool:
         """True when no byte is left.  Only answerable without reading on
         seekable input; on a pipe this returns False (the caller reads and
@@ -243,6 +266,10 @@ class Source:
         """
         if n <= 0:
             return
+        if self._pushback:
+            n -= len(self.take_pushback(n))
+            if n <= 0:
+                return
         at = self.pos
         if self.seekable:
             assert self.size is not None

@@ -18,7 +18,7 @@ consumer to move, copy or skip.  Facts: reference xen-formats.md §4.
 from __future__ import annotations
 
 import struct
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.io import Source
@@ -767,3 +767,93 @@ class LegacyParser:
             vcpus.append(LVcpu(vid, ctx, ext, mask, xs))
         shinfo = self._read(SHARED_INFO_SIZE, "legacy PV tail (shared info)")
         return LPvTail(at, unmapped, vcpus, shinfo, number)
+
+
+# -- rules ------------------------------------------------------------------------
+
+
+class LegacyChecker:
+    """What makes a legacy stream unconvertible, or not restorable once
+    converted.  ``report(severity, rule, authority, tolerated, message)``."""
+
+    def __init__(self, report: Callable[..., None]) -> None:
+        self.report = report
+        self.header: Optional[LHeader] = None
+        self.pages = 0
+        self.batches = 0
+        self.checkpoints = 0
+        self.tmem = False
+        self.verify_mode = False
+        self.truncated_in: Optional[int] = None
+        self.qemu_kind: Optional[str] = None
+
+    def item(self, it: LItem) -> None:
+        r = self.report
+        if isinstance(it, LHeader):
+            self.header = it
+            for bid, size in it.blocks:
+                if bid not in (b"vcpu", b"extv", b"xcnt"):
+                    r("warning", "legacy-ext-block", "restore", True,
+                      f"unknown extended-info block {bid!r} ({size} bytes): the legacy "
+                      "restorer skipped it, and so does the converter")
+        elif isinstance(it, LBatch):
+            self.batches += 1
+            self.pages += it.n_data
+            bad = [e for e in it.entries if 5 <= (e & PFINFO_TYPE_MASK) >> PFINFO_TYPE_SHIFT <= 8]
+            if bad:
+                e = bad[0]
+                r("error", "legacy-page-type", "restore", False,
+                  f"expected page types 0-4 and 9-15, found type "
+                  f"{(e & PFINFO_TYPE_MASK) >> PFINFO_TYPE_SHIFT:#x} for pfn "
+                  f"{e & PFINFO_PFN_MASK:#x}: Xen's v2 restore rejects it")
+            hdr = self.header
+            if hdr is not None:
+                over = [e & PFINFO_PFN_MASK for e in it.entries
+                        if e != XTAB_NO_PFN and (e & PFINFO_PFN_MASK) >= hdr.p2m_size]
+                if over:
+                    r("error", "legacy-pfn-range", "restore", False,
+                      f"expected pfns below p2m_size {hdr.p2m_size:#x}, found {over[0]:#x}")
+        elif isinstance(it, LChunk):
+            if it.cid in (CHUNK_TMEM, CHUNK_TMEM_EXTRA):
+                self.tmem = True
+                r("error", "legacy-tmem", "restore", False,
+                  "the guest used tmem, which left Xen in 4.13: no current Xen restores its "
+                  "tmem pages (convert with --drop-tmem to lose them knowingly)")
+            elif it.cid == CHUNK_TSC_INFO and it.data is not None:
+                mode = struct.unpack_from("<I", it.data)[0]
+                if mode == 3:
+                    r("warning", "legacy-tsc-mode", "restore", False,
+                      "TSC mode 3 (PVRDTSCP): Xen >= 4.12 refuses to restore it")
+                elif mode > 3:
+                    r("error", "legacy-tsc-mode", "restore", False,
+                      f"expected TSC mode 0-3, found {mode}")
+            elif it.cid == CHUNK_ENABLE_VERIFY_MODE:
+                self.verify_mode = True
+            elif (it.cid == CHUNK_TOOLSTACK and it.data is not None and self.header is not None
+                  and self.header.guest == "hvm"):
+                from xenstream.convert import parse_physmap
+
+                try:
+                    parse_physmap(it.data, self.header.width)
+                except ValueError as e:
+                    r("error", "legacy-toolstack", "restore", False,
+                      f"expected libxl's physmap toolstack record, found: {e}")
+        elif isinstance(it, LHvmTail):
+            from xenstream import hvm
+
+            for p in hvm.check_context(it.context):
+                if p.severity == "error" and not p.tolerated:
+                    r("warning", p.rule, "restore", True,
+                      f"HVM context entry at blob offset {p.offset:#x}: {p.message} (current "
+                      "Xen may refuse this saved state)")
+        elif isinstance(it, LQemu):
+            self.qemu_kind = it.qkind
+        elif isinstance(it, LCheckpointEnd):
+            self.checkpoints = it.number
+        elif isinstance(it, LTruncated):
+            self.truncated_in = it.number
+            r("warning", "legacy-checkpoint-eof", "restore", True,
+              f"the Remus stream ends inside checkpoint {it.number} ({it.error.message}): a "
+              f"restore fails over to checkpoint {it.number - 1}")
+
+

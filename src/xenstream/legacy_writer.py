@@ -604,7 +604,8 @@ def page_version(pfn: int, version: int, prev: Optional[bytes] = None) -> bytes:
     Later versions change the previous content in one of four ways, chosen by
     (pfn + version) % 4, to cover every compression run kind: a few scattered
     words, one long changed stretch (> 127 words), the whole page, or the
-    first words only.  The first 16 bytes always encode (pfn, version).
+    first words only.  Except for the whole-page change (every byte inverted),
+    the first 16 bytes encode (pfn, version).
     """
     if version == 0 or prev is None:
         return page_content(pfn)
@@ -618,7 +619,7 @@ def page_version(pfn: int, version: int, prev: Optional[bytes] = None) -> bytes:
         for off in range(start, start + 600 * 4, 4):
             struct.pack_into("<I", page, off, (off ^ (version << 20) ^ pfn) | 1)
     elif kind == 2:
-        page = bytearray(b ^ 0xFF for b in page)
+        return bytes(b ^ 0xFF for b in page)  # every word changes: the worst case
     struct.pack_into("<QQ", page, 0, pfn, 0xC0DE000000000000 | version)
     return bytes(page)
 
@@ -752,7 +753,8 @@ def write_legacy(out: BinaryIO, spec: LegacySpec) -> Expected:
     def dirty_set(k: int) -> List[int]:
         n = min(spec.dirty_pages, len(sendable))
         picked = {sendable[(k * 37 + i * 5) % len(sendable)] for i in range(n)}
-        picked |= {p for p in (1, 5, 9) if p in sendable}  # always dirty: cache hits later
+        # always dirty, so later compressed checkpoints hit the cache with every change kind
+        picked |= {p for p in (1, 4, 5, 6, 8, 9) if p in sendable}
         return sorted(picked - holes - broken)
 
     def send(ww: LegacyWriter, pfns: Sequence[int], *, xalloc: Optional[Set[int]] = None,

@@ -127,6 +127,21 @@ class Frame:
         return f"record #{self.index} ({self.name} frame)"
 
 
+class Mismatch:
+    """A header field that contradicts the content (xl's STREAMv2 flag, the
+    XenServer signature): Xen's toolstack trusts the field and would misread
+    the image.  The parser goes on by the content."""
+
+    __slots__ = ("offset", "layer", "what", "rule", "message")
+
+    def __init__(self, offset: int, layer: str, what: str, rule: str, message: str) -> None:
+        self.offset = offset
+        self.layer = layer
+        self.what = what
+        self.rule = rule
+        self.message = message
+
+
 class Legacy:
     """A legacy payload starts here.  ``head`` holds its first bytes, already
     consumed for detection; the legacy items follow when the parser follows
@@ -302,7 +317,7 @@ class Record:
                 f"length {self.length})")
 
 
-Item = Union[Header, XlConfig, EnvelopeData, Frame, Record, PageRun, Legacy, EndOfInput,
+Item = Union[Header, XlConfig, EnvelopeData, Frame, Record, PageRun, Legacy, Mismatch, EndOfInput,
              legacy.LItem]
 _RH = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
 #: the first 8 bytes of every envelope and stream header
@@ -449,7 +464,6 @@ class Parser:
         elif kind == "xend":
             yield from self._xend(head, start)
         elif kind == "legacy":
-            self.state.layers.append(LAYER_LEGACY)
             yield from self._legacy(Legacy(start, legacy.sniff(head + more), "bare", head + more))
         else:
             raise FormatError(start, "expected a Xen save image (xl, libvirt, xenopsd or xend "
@@ -476,6 +490,7 @@ class Parser:
     def _legacy(self, item: Legacy) -> Iterator[Item]:
         """Yield ``item``, then (when following legacy streams) the legacy
         stream's own items."""
+        self.state.layers.append(LAYER_LEGACY)
         yield item
         if not self.follow_legacy:
             return
@@ -494,7 +509,6 @@ class Parser:
         if not peek:
             raise TruncatedError(at, 16, 0, what="legacy stream", layer=LAYER_LEGACY,
                                  message="expected a legacy stream, found end of stream")
-        self.state.layers.append(LAYER_LEGACY)
         yield from self._legacy(Legacy(at, legacy.sniff(peek), container, peek))
 
     def _libvirt(self, head: bytes, start: int) -> Iterator[Item]:
@@ -526,7 +540,6 @@ class Parser:
                               f"found {(h2 + more).hex(' ')}" + self._hint(h2 + more),
                               what="header (libxl header)", layer=LAYER_LIBXL,
                               rule="libvirt-payload")
-        self.state.layers.append(LAYER_LEGACY)
         yield from self._legacy(Legacy(at, legacy.sniff(h2 + more), "libvirt", h2 + more))
 
     def _xend(self, head: bytes, start: int) -> Iterator[Item]:
@@ -553,6 +566,14 @@ class Parser:
         sig = head + src.read(xenopsd.SIGNATURE_SIZE - 8, what=what, layer=LAYER_XENOPSD)
         if sig == xenopsd.MAGIC_LEGACY:
             yield Header(LAYER_XENOPSD, "xenopsd legacy signature", start, len(sig), {})
+            at = src.pos
+            peek = src.read_upto(16)
+            if (yield from self._by_content(peek, at, Mismatch(
+                    start, LAYER_XENOPSD, "header (xenopsd signature)", "xenopsd-signature-lie",
+                    "expected a legacy stream (the XenSavedDomain signature), found a {kind}: "
+                    "xenopsd would run the legacy converter on it and fail"))):
+                return
+            src.unread(peek)
             yield from self._legacy_payload("xenopsd")
             return
         if sig != xenopsd.MAGIC_V2:
@@ -593,6 +614,11 @@ class Parser:
             elif ftype == xenopsd.LIBXC:
                 at2 = src.pos
                 h = src.read_upto(8)
+                if len(h) < 8:
+                    raise TruncatedError(at2, 8, len(h), what="header (libxc image header)",
+                                         layer=LAYER_LIBXC,
+                                         message="expected the libxc stream of the Libxc frame, "
+                                         f"found end of stream after {len(h)} bytes")
                 if h != b"\xff" * 8:
                     raise FormatError(at2, "expected a libxc stream in the Libxc frame, found "
                                       f"{h.hex(' ')}" + self._hint(h + src.read_upto(8)),
@@ -657,13 +683,30 @@ class Parser:
         else:
             at = src.pos
             peek = src.read_upto(16)
-            if peek[:8] == libxl.HDR_IDENT.to_bytes(8, "big") or peek[:8] == b"\xff" * 8:
-                raise FormatError(at, "expected a legacy stream (xl STREAMv2 flag clear), found "
-                                  f"a {'libxl' if peek[:1] == b'L' else 'libxc v2'} stream: xl "
-                                  "would run the legacy converter on it and fail",
-                                  what="header (xl header)", layer=LAYER_XL, rule="xl-streamv2-lie")
-            st.layers.append(LAYER_LEGACY)
+            if (yield from self._by_content(peek, at, Mismatch(
+                    start + 36, LAYER_XL, "header (xl header)", "xl-streamv2-lie",
+                    "expected a legacy stream (mandatory flags without STREAMv2), found a {kind}: "
+                    "xl would run the legacy converter on it and fail"))):
+                return
             yield from self._legacy(Legacy(at, legacy.sniff(peek), "xl", peek))
+
+    def _by_content(self, peek: bytes, at: int, mismatch: Mismatch) -> Generator[Item, None, bool]:
+        """Where a header promised a legacy stream but ``peek`` starts a v2 one:
+        report ``mismatch`` and parse the v2 stream.  Returns True if it did."""
+        if peek[:8] == libxl.HDR_IDENT.to_bytes(8, "big"):
+            kind = "libxl v2 stream"
+        elif peek[:8] == b"\xff" * 8:
+            kind = "libxc v2 stream"
+        else:
+            return False
+        mismatch.message = mismatch.message.format(kind=kind)
+        yield mismatch
+        self.src.unread(peek[8:])
+        if kind.startswith("libxl"):
+            yield from self._libxl(peek[:8], at)
+        else:
+            yield from self._libxc(peek[:8], at, bare=True)
+        return True
 
     @staticmethod
     def _hint(raw: bytes) -> str:

@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from xenstream.findings import ERROR, WARNING
-from xenstream.parser import EndOfInput, Header, Item, Legacy, PageRun, Record, XlConfig
+from xenstream.parser import (
+    EndOfInput,
+    EnvelopeData,
+    Frame,
+    Header,
+    Item,
+    Legacy,
+    Mismatch,
+    PageRun,
+    Record,
+    XlConfig,
+)
 from xenstream.verify import Result
 
 
@@ -92,12 +103,22 @@ def to_json(res: Result) -> str:
     return json.dumps(res.to_json(), indent=2, sort_keys=False)
 
 
+class _Run:
+    """The first item of a squashed run (name and layer are all that matter)."""
+
+    def __init__(self, name: str, layer: str) -> None:
+        self.name = name
+        self.layer = layer
+        self.index = 0
+        self.offset = 0
+
+
 class RecordPrinter:
     """``-v`` listing: one line per header or record, runs of PAGE_DATA squashed."""
 
     def __init__(self, emit: Callable[[str], None]) -> None:
         self.emit = emit
-        self._run: Optional[Record] = None
+        self._run: Optional[Any] = None
         self._run_n = 0
         self._run_bytes = 0
 
@@ -118,6 +139,19 @@ class RecordPrinter:
             self._flush()
             self.emit(f"{item.offset:#012x}  {item.layer:<6} #{item.first_index:<5} "
                       f"{'PAGE_DATA':<24} {item.records} records, {item.pages} pages")
+            return
+        if type(item).__name__ == "LBatch":
+            n = getattr(item, "n_data", 0)
+            if self._run is not None and self._run.name == "legacy batch":
+                self._run_n += 1
+                self._run_bytes += n * 4096
+                return
+            self._flush()
+            self._run = _Run("legacy batch", "legacy")
+            self._run_n = 1
+            self._run_bytes = n * 4096
+            self.emit(f"{item.offset:#012x}  legacy page batch of {getattr(item, 'count', 0)} "
+                      f"pfns, {n} pages")
             return
         if isinstance(item, Record):
             if self._run is not None and item.name == self._run.name and item.layer == self._run.layer:
@@ -143,6 +177,16 @@ class RecordPrinter:
             self.emit(f"{item.offset:#012x}  legacy {item.guess.describe() if item.guess else 'legacy stream'}")
         elif isinstance(item, EndOfInput):
             self.emit(f"{item.offset:#012x}  {item.layer:<6} end of input")
+        elif isinstance(item, Frame):
+            self.emit(f"{item.offset:#012x}  xenopsd #{item.index:<5} {item.name + ' frame':<24} "
+                      f"length {item.length}")
+        elif isinstance(item, EnvelopeData):
+            self.emit(f"{item.offset:#012x}  {item.layer:<6} {item.kind}: {item.declared_len} bytes")
+        elif isinstance(item, Mismatch):
+            self.emit(f"{item.offset:#012x}  {item.layer:<6} {item.message}")
+        elif getattr(item, "layer", "") == "legacy":
+            desc = getattr(item, "what", type(item).__name__)
+            self.emit(f"{item.offset:#012x}  legacy {desc}")
 
     def close(self) -> None:
         self._flush()

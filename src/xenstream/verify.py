@@ -16,6 +16,7 @@ from xenstream import xenopsd as xenopsd_mod
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.io import Source
+from xenstream.legacy import LegacyChecker
 from xenstream.libvirt import LibvirtChecker
 from xenstream.libxc import LibxcChecker
 from xenstream.libxl import LibxlChecker
@@ -27,6 +28,7 @@ from xenstream.parser import (
     Header,
     Item,
     Legacy,
+    Mismatch,
     PageFilter,
     PageRun,
     Parser,
@@ -111,10 +113,14 @@ class _Ctx:
 
 class Verifier:
     def __init__(self, src: Source, *, format: Optional[str] = None, lenient: bool = False,
-                 check_trailing: bool = True,
+                 check_trailing: bool = True, reject_legacy: bool = False,
                  on_item: Optional[Callable[[Item], None]] = None) -> None:
         self.src = src
         self.parser = Parser(src, format=format)
+        #: the drop-in checks v2 streams only: a legacy payload is an error and
+        #: is not read further
+        self.reject_legacy = reject_legacy
+        self.legacy_checker: Optional[LegacyChecker] = None
         self.lenient = lenient
         self.check_trailing = check_trailing
         self.on_item = on_item
@@ -146,7 +152,7 @@ class Verifier:
         rtype: Optional[str] = None
         if it is not None:
             at, layer, what = it.offset, it.layer, it.what
-            if isinstance(it, Record):
+            if isinstance(it, (Record, Frame)):
                 index, rtype = it.index, it.name
         else:
             at, layer, what = c.offset, c.layer, c.what
@@ -183,6 +189,10 @@ class Verifier:
                     self._envelope_data(item)
                 elif isinstance(item, Legacy):
                     self._legacy(item)
+                elif isinstance(item, Mismatch):
+                    self.report(ERROR, item.rule, RESTORE, False, item.message)
+                elif self.legacy_checker is not None and item.layer == "legacy":
+                    self._legacy_item(item)
                 elif isinstance(item, EndOfInput):
                     self._end_of_input(item)
             self._finish()
@@ -222,7 +232,7 @@ class Verifier:
             self.xl.header(h.endian if raw_bo == xlmod.BYTEORDER else None, h.fields)
         elif h.kind == "libxl header":
             if self.libvirt is not None:
-                self.libvirt.payload("libxl")
+                self._libvirt_payload("libxl")
             self.libxl = LibxlChecker(self.report)
             self.libxl.header(h.fields)
         elif h.kind == "libxc image header":
@@ -377,10 +387,18 @@ class Verifier:
                         "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
         self.last_libxl = rtype
 
+    def _libvirt_payload(self, kind: str) -> None:
+        """The libvirt version field against the content: about the libvirt header."""
+        assert self.libvirt is not None
+        item = self.ctx.item
+        self.ctx.set(16, "header (libvirt header)", "libvirt")
+        self.libvirt.payload(kind)
+        self.ctx.item = item
+
     def _legacy(self, item: Legacy) -> None:
         self.legacy = item
         if self.libvirt is not None:
-            self.libvirt.payload("legacy")
+            self._libvirt_payload("legacy")
         cfg = self._config_guest()
         if cfg is not None and item.guess is not None:
             want = "pv" if cfg[0] == "pv" else "hvm"
@@ -390,9 +408,24 @@ class Verifier:
                             f"{cfg[0]!r}), found a legacy {item.guess.guest.upper()} stream")
         what = item.guess.describe() if item.guess else "legacy (Xen <= 4.5) stream"
         where = _LEGACY_WHERE.get(item.container, "")
-        self.report(ERROR, "legacy-stream", RESTORE, False,
-                    f"legacy stream: convert it ({what}{', ' + where if where else ''}); "
-                    "Xen >= 4.6 restores it only through convert-legacy-stream")
+        if self.reject_legacy or item.guess is None:
+            self.parser.follow_legacy = False
+            self.report(ERROR, "legacy-stream", RESTORE, False,
+                        f"legacy stream: convert it ({what}{', ' + where if where else ''}); "
+                        "Xen >= 4.6 restores it only through convert-legacy-stream")
+            return
+        self.report(WARNING, "legacy-stream", RESTORE, False,
+                    f"legacy image ({what}{', ' + where if where else ''}): Xen >= 4.6 "
+                    "restores it only after conversion (xenstream convert; libxl runs its "
+                    "converter by itself for xl and libvirt images when one is installed)")
+        self.legacy_checker = LegacyChecker(self.report)
+
+    def _legacy_item(self, item: Any) -> None:
+        assert self.legacy_checker is not None
+        if type(item).__name__ in ("LBatch", "LChunk", "LQemu", "LHeader"):
+            self.records += 1
+            self.counts[("legacy", _legacy_key(item))] += 1
+        self.legacy_checker.item(item)
 
     def _complete_checkpoints(self) -> int:
         st = self.parser.state
@@ -495,6 +528,16 @@ class Verifier:
             s["legacy"] = {"container": self.legacy.container,
                            "width": g.width * 8 if g else None,
                            "guest_type": g.guest if g else None}
+            lc = self.legacy_checker
+            if lc is not None and lc.header is not None:
+                h = lc.header
+                s["legacy"].update({
+                    "p2m_size": h.p2m_size, "pages": lc.pages, "batches": lc.batches,
+                    "checkpoints": lc.checkpoints, "verify_mode": lc.verify_mode,
+                    "qemu_record": lc.qemu_kind,
+                    "guest_width": h.guest_width * 8 if h.guest == "pv" else None})
+                s["guest_type"] = h.guest
+                s["pages"] = lc.pages
         n = self._complete_checkpoints()
         s["checkpoints"] = {
             "kind": ("colo" if st.colo else "remus") if st.checkpoints else None,
@@ -502,10 +545,24 @@ class Verifier:
             "complete": n if st.checkpoints else 0,
         }
         names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name,
-                 "xenopsd": xenopsd_mod.frame_name}
+                 "xenopsd": xenopsd_mod.frame_name, "legacy": _legacy_name}
         s["record_counts"] = dict(sorted(
             (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in self.counts.items()))
         return s
+
+
+def _legacy_key(item: Any) -> int:
+    if type(item).__name__ == "LChunk":
+        return int(item.cid)
+    return {"LBatch": 1, "LQemu": 2, "LHeader": 3}[type(item).__name__] << 16
+
+
+def _legacy_name(key: int) -> str:
+    from xenstream import legacy as lg
+
+    if key < 0:
+        return f"CHUNK_{lg.CHUNK_NAMES.get(key, str(key))}"
+    return {1: "PAGE_BATCH", 2: "QEMU_RECORD", 3: "HEADER"}.get(key >> 16, str(key))
 
 
 def verify(src: Source, **kw: Any) -> Result:

@@ -80,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     name = src.name
     printer = RecordPrinter(log.info) if args.verbose and not args.quiet else None
     with src:
-        res = verify(src, format=args.format, check_trailing=False, on_item=printer)
+        res = verify(src, format=args.format, check_trailing=False, reject_legacy=True,
+                     on_item=printer)
     if printer:
         printer.close()
     for line in finding_lines(res, name, warnings=False):
