@@ -312,7 +312,8 @@ class ConvertOptions:
                  width: Optional[int] = None, guest: Optional[str] = None, force: bool = False,
                  width_hint: Optional[int] = None, skip_qemu: bool = False,
                  drop_tmem: bool = False, xl: Optional[bool] = None,
-                 tmpdir: Optional[str] = None) -> None:
+                 tmpdir: Optional[str] = None, keep_envelope: bool = True,
+                 progress: Optional[Callable[[int], None]] = None) -> None:
         self.out_format = out_format  # "libxc" | "libxl" | None: from the envelope
         self.stream_version = stream_version
         self.width = width  # forced toolstack width in bytes (error on contradiction)
@@ -323,6 +324,9 @@ class ConvertOptions:
         self.drop_tmem = drop_tmem
         self.xl = xl  # drop-in -x: True requires an xl header, False forbids one
         self.tmpdir = tmpdir
+        #: False (the drop-in): write the bare stream, as upstream's converter did
+        self.keep_envelope = keep_envelope
+        self.progress = progress  # called with the input offset now and then
 
 
 class ConvertResult:
@@ -560,7 +564,8 @@ class Converter:
             self.fmt = o.out_format
         else:
             self.fmt = "libxl" if self.envelope in ("xl", "libvirt", "xend") else "libxc"
-        if self.envelope in ("xl", "libvirt", "xend") and self.fmt != "libxl":
+        if (o.keep_envelope and self.envelope in ("xl", "libvirt", "xend")
+                and self.fmt != "libxl"):
             raise ConversionError(h.offset, f"a {self.envelope} image needs a libxl stream "
                                   "inside; --format libxc applies to bare legacy streams only")
         self._write_envelope()
@@ -602,6 +607,8 @@ class Converter:
     def _write_envelope(self) -> None:
         from xenstream.writer import libvirt_header, xl_header
 
+        if not self.opts.keep_envelope:
+            return
         if self.envelope == "xl":
             assert self.xl_hdr is not None
             f = self.xl_hdr.fields
@@ -682,6 +689,8 @@ class Converter:
         b._left = 0
         self.res.pages += n_data
         self.res.records += 1
+        if self.opts.progress is not None and self.res.records & 63 == 0:
+            self.opts.progress(self.src.pos)
 
     def _chunk(self, c: LChunk) -> None:
         cid = c.cid
@@ -951,6 +960,8 @@ class Converter:
             inner = f"libxl v2 -> {inner}"
         env = {"xl": "xl (STREAMv2) -> ", "libvirt": "libvirt (v2, XML) -> ",
                "xend": "xl (STREAMv2, no config) -> "}.get(self.envelope, "")
+        if not self.opts.keep_envelope:
+            env = ""
         return env + inner
 
 

@@ -23,6 +23,7 @@ examples:
   xenstream verify -v demo.xl          check it, listing every record
   xenstream verify --json image.save   one JSON document for scripts
   xenstream config vm.save             the domain configuration it carries
+  xenstream convert old.xl new.xl      bring a Xen <= 4.5 image forward
   cat image.save | xenstream verify -  read a pipe
 
 exit status: 0 valid, 1 invalid input, 2 usage or internal error
@@ -85,6 +86,57 @@ def _config(args: argparse.Namespace) -> int:
     else:
         text = cfg.text()
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from xenstream.cli.convert_cmd import Progress, error_line, open_output, run_conversion
+    from xenstream.convert import ConvertOptions
+
+    try:
+        src = Source.open(args.input)
+    except UsageError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    name = args.input if args.input != "-" else "<stdin>"
+    quiet = args.quiet
+
+    def log(level: str, msg: str) -> None:
+        if level == "warning" and not quiet:
+            print(f"{name}: warning: {msg}", file=sys.stderr)
+        elif level == "info" and args.verbose:
+            print(f"{name}: {msg}", file=sys.stderr)
+
+    progress = Progress(src.size, not quiet and not args.dry_run)
+    opts = ConvertOptions(
+        out_format=args.format, stream_version=args.stream_version,
+        width=args.width // 8 if args.width else None, guest=args.guest_type, force=args.force,
+        skip_qemu=args.skip_qemu, drop_tmem=args.drop_tmem, tmpdir=args.tmpdir,
+        progress=progress)
+    with src:
+        try:
+            out = open_output(args.output, src, dry_run=args.dry_run)
+            res = run_conversion(src, out, opts, log)
+        except Exception as e:  # noqa: BLE001 - one line, never a traceback
+            progress.close()
+            line, rc = error_line(e, name)
+            print(f"{PROG}: {line}" if rc == 2 else line, file=sys.stderr)
+            return rc
+        finally:
+            progress.close()
+    if res.sxp is not None and not args.dry_run and args.output != "-":
+        cfg = args.output + ".sxp"
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(res.sxp)
+        if not quiet:
+            print(f"{name}: the xend configuration is in {cfg}: convert it to an xl config "
+                  f"and run `xl restore CFG {args.output}`", file=sys.stderr)
+    if not quiet:
+        what = "checked (dry run, nothing written)" if args.dry_run else f"wrote {args.output}"
+        guest = res.guest.upper() + (f" {res.width}-bit toolstack" if res.width else "")
+        cps = f", {res.checkpoints} checkpoints collapsed" if res.checkpoints > 1 else ""
+        print(f"{name}: {what}: {res.output}, {guest}, {res.pages} pages{cps}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -163,6 +215,45 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true",
                    help="print {kind, envelope, offset, length, config} as JSON")
     c.set_defaults(func=_config)
+
+    cv = sub.add_parser(
+        "convert", help="convert a legacy (Xen <= 4.5) image to one current Xen restores",
+        description="Convert a legacy save image (Xen 3.4-4.5: xl, libvirt, xend, XenServer or a "
+        "bare libxc stream) to a stream current Xen restores, keeping its envelope: xl files "
+        "get STREAMv2 around a libxl v2 stream, libvirt files version 2, xend files become xl "
+        "files (the SXP config is written to OUT.sxp), bare and XenServer streams become libxc "
+        "v3. The saving toolstack's width and the guest type are detected from the content.",
+        epilog="examples:\n  xenstream convert old.xl new.xl\n"
+        "  xenstream convert --dry-run old.save -\n"
+        "  ssh oldhost cat vm.save | xenstream convert - vm.xl\n\n"
+        "exit status: 0 converted, 1 bad input (no output is left behind), 2 usage or "
+        "internal error", formatter_class=argparse.RawDescriptionHelpFormatter)
+    cv.add_argument("input", metavar="IN", help="legacy image: a path, - for stdin, /dev/fd/N")
+    cv.add_argument("output", metavar="OUT",
+                    help="where to write: a path (written atomically), - for stdout, a FIFO")
+    cv.add_argument("--width", type=int, choices=[32, 64],
+                    help="saving toolstack's width (default: detected; contradicting the "
+                    "content is an error unless --force)")
+    cv.add_argument("--guest-type", choices=["pv", "hvm"],
+                    help="guest type (default: detected; same rule)")
+    cv.add_argument("--force", action="store_true",
+                    help="convert with the given --width/--guest-type even against the content")
+    cv.add_argument("--format", choices=["libxc", "libxl"],
+                    help="stream inside a bare legacy image's output (default libxc)")
+    cv.add_argument("--stream-version", type=int, choices=[2, 3], default=3,
+                    help="libxc stream version to write (default 3)")
+    cv.add_argument("--skip-qemu", action="store_true",
+                    help="stop after the HVM tail and leave the qemu record unread")
+    cv.add_argument("--drop-tmem", action="store_true",
+                    help="convert a guest that used tmem, losing its tmem pages (warned)")
+    cv.add_argument("--dry-run", action="store_true",
+                    help="perform the whole conversion without writing anything")
+    cv.add_argument("--tmpdir", metavar="DIR",
+                    help="directory for staging checkpointed (Remus) streams (default: $TMPDIR)")
+    cv.add_argument("-v", "--verbose", action="store_true", help="say what was found")
+    cv.add_argument("-q", "--quiet", action="store_true",
+                    help="print errors only (no warnings, no progress)")
+    cv.set_defaults(func=_convert)
 
     s = sub.add_parser(
         "sample", help="write a small realistic save image",
