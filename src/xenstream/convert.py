@@ -529,13 +529,23 @@ class Converter:
             raise ConversionError(0, "found an xl save-file header: pass -x/--xl to convert an "
                                   "xl file")
         g = item.guess
+        lo = self.parser.legacy_options
         if g is None:
-            if o.width is None or o.guest is None:
+            width = o.width or o.width_hint
+            if width is None or o.guest is None:
                 raise ConversionError(item.offset, "expected a legacy stream, found bytes that "
                                       "match no legacy layout (give --width and --guest-type "
                                       "to force one)")
+            lo.width, lo.guest = width, o.guest
+            self.warn(f"the stream's layout is not recognised: reading it as a "
+                      f"{width * 8}-bit-toolstack {o.guest.upper()} stream as given")
             return
-        if o.guest and o.guest != g.guest:
+        if o.guest == "pv" and g.guest == "hvm" and not g.certain:
+            # a PV stream without extended info (pre-3.1) starts like an HVM one
+            lo.guest = "pv"
+            self.info("reading the stream as PV without extended info (pre-3.1 layout), "
+                      "as the guest type given says")
+        elif o.guest and o.guest != g.guest:
             if not o.force:
                 raise ConversionError(item.offset, f"the guest type given ({o.guest}) contradicts "
                                       f"the stream, which is {g.guest.upper()} (use --force to "

@@ -29,13 +29,17 @@ CHUNK_MIN = -20
 
 
 class LegacyGuess:
-    __slots__ = ("width", "guest", "p2m_size", "extended_info")
+    __slots__ = ("width", "guest", "p2m_size", "extended_info", "certain")
 
-    def __init__(self, width: int, guest: str, p2m_size: int, extended_info: bool) -> None:
+    def __init__(self, width: int, guest: str, p2m_size: int, extended_info: bool,
+                 certain: bool = True) -> None:
         self.width = width  # saving toolstack's word size in bytes: 4 or 8
         self.guest = guest  # "pv" or "hvm"
         self.p2m_size = p2m_size
         self.extended_info = extended_info  # PV: ~0 signature present (False: pre-3.1)
+        #: False when a PV stream without extended info (pre-3.1) would look the
+        #: same: its first p2m frame number reads like an HVM page count
+        self.certain = certain
 
     def __repr__(self) -> str:
         return (f"LegacyGuess(width={self.width}, guest={self.guest!r}, "
@@ -75,10 +79,10 @@ def sniff(head: bytes) -> Optional[LegacyGuess]:
             if n64 == 0xFFFFFFFFFFFFFFFF:
                 return LegacyGuess(8, "pv", p64, True)
             if _plausible_chunk(c64):
-                return LegacyGuess(8, "hvm", p64, False)
+                return LegacyGuess(8, "hvm", p64, False, certain=c64 < 0)
     c32 = struct.unpack_from("<i", head, 4)[0]
     if 0 < p32 <= P2M_SIZE_MAX and _plausible_chunk(c32):
-        return LegacyGuess(4, "hvm", p32, False)
+        return LegacyGuess(4, "hvm", p32, False, certain=c32 < 0)
     return None
 
 
