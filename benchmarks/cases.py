@@ -18,8 +18,9 @@ With ``pipe=True`` both commands read the image from a pipe fed by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
+from legacy_images import LegacyImageSpec
 from xenstream.writer import ImageSpec
 
 MiB = 1 << 20
@@ -28,12 +29,15 @@ GiB = 1 << 30
 
 @dataclass(frozen=True)
 class Image:
-    """A benchmark image: generated on demand with ``write_image(spec)``."""
+    """A benchmark image: generated on demand with ``write_image(spec)`` (an
+    ``ImageSpec``) or ``legacy_images.write_legacy_image(spec)`` (a
+    ``LegacyImageSpec``: legacy images, checked once after generation by
+    converting and verifying them)."""
 
     name: str
     description: str
-    spec: ImageSpec  # full size (the default)
-    quick_spec: ImageSpec  # --quick
+    spec: Union[ImageSpec, LegacyImageSpec]  # full size (the default)
+    quick_spec: Union[ImageSpec, LegacyImageSpec]  # --quick
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Targets:
     max_ratio: Optional[float] = None  # median time ratio tool/reference, <=
     max_read_fraction: Optional[float] = None  # tool's rchar / image size, <=
     max_rss_mib: Optional[float] = None  # tool's peak RSS, strictly <
+    # |peak RSS - peak RSS of case ``Case.rss_vs``| <= this (checked when both ran)
+    max_rss_diff_mib: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,9 @@ class Case:
     group: str = "core"  # the issue that introduced the case
     upstream: bool = False  # needs --upstream-xen; a comparison row (no targets)
     expect_exit: Optional[int] = 0  # the tool's expected exit status (None: just record it)
+    stdin_image: bool = False  # both commands get the image file (read-only) as stdin
+    consumer: bool = False  # both commands' stdout is a pipe into ``cat >{out}``
+    rss_vs: Optional[str] = None  # the case whose peak RSS Targets.max_rss_diff_mib refers to
 
 
 def _libxc_hvm(pages: int) -> ImageSpec:
@@ -68,6 +77,12 @@ def _libxc_small_records(pages: int) -> ImageSpec:
                      fast_pages=True)
 
 
+def _legacy(guest: str, size: int, batch_sizes: Optional[Tuple[int, ...]] = None) -> LegacyImageSpec:
+    return LegacyImageSpec(guest=guest, pages=size // 4096, batch_sizes=batch_sizes)
+
+
+_SMALL_BATCHES = tuple(range(1, 9))
+
 IMAGES = [
     Image("libxc-hvm-4g",
           "libxc v3 HVM, 4 GiB of pages in 1024-page PAGE_DATA records (quick: 256 MiB)",
@@ -75,9 +90,39 @@ IMAGES = [
     Image("libxc-small-records-1g",
           "libxc v3 HVM, 1 GiB of pages in PAGE_DATA records of 1,2,..,8 pages (quick: 64 MiB)",
           _libxc_small_records(GiB // 4096), _libxc_small_records(64 * MiB // 4096)),
+    # legacy (Xen <= 4.5) images from a 64-bit toolstack, for the convert cases
+    # (benchmarks/legacy_images.py: one shared page pattern, bounded memory)
+    Image("legacy-pv-4g",
+          "legacy PV (64-bit toolstack and guest), 4 GiB in 1024-page batches, ext info, "
+          "P2M frame list, VCPU_INFO, LAST_CHECKPOINT, PV tail (quick: 256 MiB)",
+          _legacy("pv", 4 * GiB), _legacy("pv", 256 * MiB)),
+    Image("legacy-hvm-4g",
+          "legacy HVM (64-bit toolstack), 4 GiB in 1024-page batches, HVM params, toolstack "
+          "physmap chunk, HVM tail, 1 MiB DeviceModelRecord0002 (quick: 256 MiB)",
+          _legacy("hvm", 4 * GiB), _legacy("hvm", 256 * MiB)),
+    Image("legacy-hvm-small-batches-1g",
+          "legacy HVM (64-bit toolstack), 1 GiB in batches of 1,2,..,8 pages (quick: 64 MiB)",
+          _legacy("hvm", GiB, _SMALL_BATCHES), _legacy("hvm", 64 * MiB, _SMALL_BATCHES)),
+    Image("legacy-pv-64m", "as legacy-pv-4g, 64 MiB (the RSS comparison; same at --quick)",
+          _legacy("pv", 64 * MiB), _legacy("pv", 64 * MiB)),
+    Image("legacy-hvm-64m", "as legacy-hvm-4g, 64 MiB (the RSS comparison; same at --quick)",
+          _legacy("hvm", 64 * MiB), _legacy("hvm", 64 * MiB)),
 ]
 
 _SEEKABLE = Targets(max_ratio=0.5, max_read_fraction=0.01, max_rss_mib=64)
+
+#: file to file; {out} is in the temp dir (same filesystem as the image), removed after each run
+_CONVERT_FILE = ("xenstream", "convert", "-q", "{image}", "{out}")
+_DD = ("dd", "if={image}", "of={out}", "bs=4M")
+#: exactly libxl's argv (libxl_convert_callout.c): the saved image's fd in, a pipe out
+_DROPIN_LIBXL = ("convert-legacy-stream", "--in", "0", "--out", "1", "--width", "64",
+                 "--guest", "hvm", "--format", "libxl")
+
+
+def _upstream_convert(guest: str) -> Tuple[str, ...]:
+    return ("upstream:convert-legacy-stream", "-i", "{image}", "-o", "{out}", "-w", "64",
+            "-g", guest)
+
 
 CASES = [
     Case("verify-seekable-4g", "libxc-hvm-4g",
@@ -117,4 +162,73 @@ CASES = [
          reference=("cat", "{image}"),
          upstream=True, expect_exit=None,
          what="upstream verify-stream-v2 on case verify-small-records-1g's file"),
+
+    # -- convert (legacy -> v2): xenstream convert, the convert-legacy-stream drop-in
+    Case("convert-pv-4g", "legacy-pv-4g",
+         tool=_CONVERT_FILE, reference=_DD,
+         targets=Targets(max_ratio=0.9, max_rss_mib=64, max_rss_diff_mib=8),
+         rss_vs="convert-pv-64m", group="convert",
+         what="file to file; page data must move in the kernel (copy_file_range)"),
+    Case("convert-hvm-4g", "legacy-hvm-4g",
+         tool=_CONVERT_FILE, reference=_DD,
+         targets=Targets(max_ratio=0.9, max_rss_mib=64, max_rss_diff_mib=8),
+         rss_vs="convert-hvm-64m", group="convert",
+         what="file to file, HVM with params, physmap and a 1 MiB qemu record"),
+    Case("convert-small-batches-1g", "legacy-hvm-small-batches-1g",
+         tool=_CONVERT_FILE, reference=_DD,
+         targets=Targets(max_ratio=1.5, max_rss_mib=64), group="convert",
+         what="per-batch cost: ~58k batches of 1-8 pages"),
+    Case("convert-pipe-4g", "legacy-hvm-4g",
+         tool=("xenstream", "convert", "-q", "-", "-"),
+         reference=("cat",),
+         pipe=True, consumer=True,
+         targets=Targets(max_ratio=1.1, max_rss_mib=64), group="convert",
+         what="pipe to pipe: cat IN | TOOL | cat >OUT against cat IN | cat | cat >OUT"),
+    Case("convert-legacy-stream-libxl-4g", "legacy-hvm-4g",
+         tool=_DROPIN_LIBXL,
+         reference=("cat",),
+         stdin_image=True, consumer=True,
+         targets=Targets(max_rss_mib=64), group="convert",
+         what="the drop-in as libxl runs it: image fd in, pipe out (libxl reads the pipe)"),
+    Case("convert-pv-64m", "legacy-pv-64m",
+         tool=_CONVERT_FILE, reference=_DD,
+         targets=Targets(max_rss_mib=64), group="convert",
+         what="RSS at 64 MiB, compared with convert-pv-4g (start-up dominates the time)"),
+    Case("convert-hvm-64m", "legacy-hvm-64m",
+         tool=_CONVERT_FILE, reference=_DD,
+         targets=Targets(max_rss_mib=64), group="convert",
+         what="RSS at 64 MiB, compared with convert-hvm-4g"),
+    # Xen's own tools/python/scripts/convert-legacy-stream on the same images (no
+    # targets).  It needs -w/-g; its -x is broken under Python 3, so the images are
+    # bare libxc streams.
+    Case("upstream-convert-pv-4g", "legacy-pv-4g",
+         tool=_upstream_convert("pv"), reference=_DD,
+         upstream=True, expect_exit=None, group="convert",
+         what="upstream convert-legacy-stream on convert-pv-4g's file"),
+    Case("upstream-convert-hvm-4g", "legacy-hvm-4g",
+         tool=_upstream_convert("hvm"), reference=_DD,
+         upstream=True, expect_exit=None, group="convert",
+         what="upstream convert-legacy-stream on convert-hvm-4g's file"),
+    Case("upstream-convert-small-batches-1g", "legacy-hvm-small-batches-1g",
+         tool=_upstream_convert("hvm"), reference=_DD,
+         upstream=True, expect_exit=None, group="convert",
+         what="upstream convert-legacy-stream on convert-small-batches-1g's file"),
+    Case("upstream-convert-pipe-4g", "legacy-hvm-4g",
+         tool=("upstream:convert-legacy-stream", "-i", "0", "-o", "1", "-w", "64", "-g", "hvm"),
+         reference=("cat",),
+         pipe=True, consumer=True, upstream=True, expect_exit=None, group="convert",
+         what="upstream convert-legacy-stream pipe to pipe"),
+    Case("upstream-convert-libxl-4g", "legacy-hvm-4g",
+         tool=("upstream:convert-legacy-stream",) + _DROPIN_LIBXL[1:],
+         reference=("cat",),
+         stdin_image=True, consumer=True, upstream=True, expect_exit=None, group="convert",
+         what="upstream convert-legacy-stream as libxl runs it"),
+    Case("upstream-convert-pv-64m", "legacy-pv-64m",
+         tool=_upstream_convert("pv"), reference=_DD,
+         upstream=True, expect_exit=None, group="convert",
+         what="upstream at 64 MiB (RSS comparison)"),
+    Case("upstream-convert-hvm-64m", "legacy-hvm-64m",
+         tool=_upstream_convert("hvm"), reference=_DD,
+         upstream=True, expect_exit=None, group="convert",
+         what="upstream at 64 MiB (RSS comparison)"),
 ]

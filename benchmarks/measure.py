@@ -19,9 +19,16 @@ is waited for with ``waitid(WEXITED | WNOWAIT)`` so that it stays a zombie: its
 ``wait4`` reaps it and gives its rusage.  The time is wall-clock
 (``perf_counter``) from just before the first spawn to the last exit.
 
+With ``stdin_file`` the command's stdin is that file, opened read-only (a
+seekable descriptor, as libxl hands its converter the saved image's fd).  With
+``consumer`` (``[cat]``) the command's stdout is a pipe into the consumer,
+whose stdout is ``consumer_out`` (created/truncated): ``... | cat >OUT``.
+
 Request:  {"argv": [...], "env": {...}, "producer": [cat, image] | null,
-           "stderr": path, "out": path | null, "timeout": seconds}
-Answer:   {"seconds": s, "main": PROC, "producer": PROC | null, "floor_kib": n}
+           "stdin_file": path | null, "consumer": [cat] | null, "consumer_out": path | null,
+           "stderr": path, "timeout": seconds}
+Answer:   {"seconds": s, "main": PROC, "producer": PROC | null, "consumer": PROC | null,
+           "floor_kib": n}
           PROC = {"exit": n (-N: signal N), "rchar": n | null, "io": {...} | null,
                   "maxrss_kib": n, "utime": s, "stime": s}
 """
@@ -95,31 +102,53 @@ def measure(req, devnull_r, devnull_w):
     argv = req["argv"]
     env = req["env"]
     producer = req.get("producer")
+    consumer = req.get("consumer")
     deadline = time.perf_counter() + req.get("timeout", 1800.0)
     errfd = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    opened = []  # descriptors of this process to close once everything is spawned
+    pids = []  # (role, pid) in spawn order
     try:
-        if not producer:
-            t0 = time.perf_counter()
-            pid = _spawn(argv, env, devnull_r, devnull_w, errfd)
-            t1 = _wait(pid, deadline, (pid,))
-            return {"seconds": t1 - t0, "main": _reap(pid), "producer": None}
-        r, w = os.pipe()
+        stdin = devnull_r
+        if req.get("stdin_file"):
+            stdin = os.open(req["stdin_file"], os.O_RDONLY)
+            opened.append(stdin)
+        stdout = devnull_w
+        cons_in = cons_out = None
+        if consumer:
+            cons_in, stdout = os.pipe()
+            opened += [cons_in, stdout]
+            cons_out = os.open(req["consumer_out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            opened.append(cons_out)
+        prod_w = None
+        if producer:
+            stdin, prod_w = os.pipe()
+            opened += [stdin, prod_w]
         try:
             t0 = time.perf_counter()
-            ppid = _spawn(producer, dict(os.environ), devnull_r, w, errfd)
-            try:
-                pid = _spawn(argv, env, r, devnull_w, errfd)
-            except BaseException:
-                os.kill(ppid, signal.SIGKILL)
-                os.waitpid(ppid, 0)
-                raise
+            if producer:
+                pids.append(("producer", _spawn(producer, dict(os.environ), devnull_r, prod_w,
+                                                errfd)))
+            pids.append(("main", _spawn(argv, env, stdin, stdout, errfd)))
+            if consumer:
+                pids.append(("consumer", _spawn(consumer, dict(os.environ), cons_in, cons_out,
+                                                errfd)))
+        except BaseException:
+            for _, pid in pids:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            raise
         finally:
-            os.close(r)
-            os.close(w)
-        t_main = _wait(pid, deadline, (pid, ppid))
-        main = _reap(pid)
-        t_prod = _wait(ppid, deadline, (ppid,))
-        return {"seconds": max(t_main, t_prod) - t0, "main": main, "producer": _reap(ppid)}
+            for fd in opened:
+                os.close(fd)
+        everyone = tuple(pid for _, pid in pids)
+        ans = {"producer": None, "consumer": None}
+        t_last = t0
+        # the main command first (its exit is what matters), then the others
+        for role, pid in sorted(pids, key=lambda rp: rp[0] != "main"):
+            t_last = max(t_last, _wait(pid, deadline, everyone))
+            ans[role] = _reap(pid)
+        ans["seconds"] = t_last - t0
+        return ans
     finally:
         os.close(errfd)
 

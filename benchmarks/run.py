@@ -33,13 +33,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cases import CASES, IMAGES, Case, Image, MiB
-from xenstream.writer import ImageSpec, write_image
+from legacy_images import LegacyImageSpec, write_legacy_image
+from legacy_images import estimate_size as legacy_estimate_size
+from xenstream.writer import write_image
 
 PAGE = 4096
 #: tool name -> module for ``--python`` (``sys.executable -m MODULE``)
 TOOL_MODULES = {
     "xenstream": "xenstream",
     "verify-stream-v2": "xenstream.cli.verify_stream_v2",
+    "convert-legacy-stream": "xenstream.cli.convert_legacy_stream",
 }
 UPSTREAM_PREFIX = "upstream:"
 UPSTREAM_PROBE = ("from xen.util import open_file_or_fd\n"
@@ -84,16 +87,24 @@ class Run:
     seconds: float
     main: Proc  # the measured process: the tool, or the last process of a reference
     producer: Optional[Proc] = None  # ``cat {image}`` feeding the pipe
+    consumer: Optional[Proc] = None  # ``cat >{out}`` reading the command's stdout
 
     @property
     def cpu(self) -> float:
         """CPU seconds (user + system) of the whole command or pipeline."""
-        return self.main.cpu + (self.producer.cpu if self.producer else 0.0)
+        return self.main.cpu + sum(p.cpu for p in (self.producer, self.consumer) if p)
+
+    @property
+    def helpers_ok(self) -> bool:
+        """The ``cat`` processes around the command exited 0."""
+        return all(p.exit == 0 for p in (self.producer, self.consumer) if p)
 
     def to_json(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"seconds": round(self.seconds, 6), **self.main.to_json()}
         if self.producer is not None:
             d["producer"] = self.producer.to_json()
+        if self.consumer is not None:
+            d["consumer"] = self.consumer.to_json()
         return d
 
 
@@ -123,15 +134,19 @@ class Runner:
         self.proc.wait()
 
     def run(self, argv: Sequence[str], env: Dict[str, str], pipe_from: Optional[str],
-            cat: str, out_path: Optional[Path]) -> Run:
+            cat: str, out_path: Optional[Path], stdin_file: Optional[str] = None,
+            consumer: bool = False) -> Run:
         """Run ``argv`` (stdout to /dev/null); with ``pipe_from``, as the reader of
-        ``cat pipe_from |``.  The time is wall-clock from the first spawn to the last
-        exit."""
+        ``cat pipe_from |``; with ``stdin_file``, with that file as stdin; with
+        ``consumer``, with stdout into ``| cat >out_path``.  The time is wall-clock
+        from the first spawn to the last exit."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         if out_path is not None and out_path.exists():
             out_path.unlink()
         producer = [cat, pipe_from] if pipe_from is not None else None
         req = {"argv": list(argv), "env": env, "producer": producer,
+               "stdin_file": stdin_file, "consumer": [cat] if consumer else None,
+               "consumer_out": str(out_path) if consumer else None,
                "stderr": str(self.err_path), "timeout": self.timeout}
         try:
             self.proc.stdin.write(json.dumps(req) + "\n")
@@ -147,8 +162,9 @@ class Runner:
             raise BenchError(f"cannot run {' '.join(argv)}: {ans['error']}")
         self.floor_kib = max(self.floor_kib, int(ans["floor_kib"]))
         run = Run(float(ans["seconds"]), _proc(argv, ans["main"]),
-                  _proc(producer, ans["producer"]) if producer else None)
-        if run.main.exit != 0 or (run.producer is not None and run.producer.exit != 0):
+                  _proc(producer, ans["producer"]) if producer else None,
+                  _proc([cat], ans["consumer"]) if consumer else None)
+        if run.main.exit != 0 or not run.helpers_ok:
             run.main.stderr = self.err_path.read_text(errors="replace")[-2000:]
         return run
 
@@ -263,7 +279,9 @@ def check_upstream(arg: str, workdir: Path) -> Tuple[Path, str, List[str]]:
 # -- images ---------------------------------------------------------------------------------
 
 
-def estimate_size(spec: ImageSpec) -> int:
+def estimate_size(spec: Any) -> int:
+    if isinstance(spec, LegacyImageSpec):
+        return legacy_estimate_size(spec)
     sizes = list(spec.batch_sizes) if spec.batch_sizes else [spec.batch]
     records = 0
     left = spec.pages
@@ -275,10 +293,13 @@ def estimate_size(spec: ImageSpec) -> int:
     return spec.pages * (PAGE + 8) + records * 16 + 64 * 1024
 
 
-def generate(image: Image, spec: ImageSpec, path: Path) -> Dict[str, Any]:
+def generate(image: Image, spec: Any, path: Path) -> Dict[str, Any]:
     t0 = time.perf_counter()
     with open(path, "wb", buffering=8 * MiB) as f:
-        write_image(f, spec)
+        if isinstance(spec, LegacyImageSpec):
+            write_legacy_image(f, spec)
+        else:
+            write_image(f, spec)
         f.flush()
         t1 = time.perf_counter()
         os.fsync(f.fileno())  # no writeback of this image while commands are timed
@@ -286,6 +307,40 @@ def generate(image: Image, spec: ImageSpec, path: Path) -> Dict[str, Any]:
     return {"name": image.name, "description": image.description, "path": str(path),
             "size": path.stat().st_size, "pages": spec.pages,
             "write_seconds": round(t1 - t0, 3), "fsync_seconds": round(t2 - t1, 3)}
+
+
+def check_legacy_image(path: Path, workdir: Path, env: Dict[str, str],
+                       use_python: bool) -> Dict[str, Any]:
+    """Once per legacy image, outside timing: ``xenstream convert -q IMAGE OUT`` and
+    ``xenstream verify -q OUT`` must both succeed (OUT is removed)."""
+    if use_python:
+        argv0 = [sys.executable, "-m", "xenstream"]
+    else:
+        found, _ = _console_script("xenstream")
+        if found is None:
+            raise BenchError("console script 'xenstream' not found (needed to check the "
+                             "legacy images)")
+        argv0 = [found]
+    out = workdir / "check.out"
+    t0 = time.perf_counter()
+    try:
+        conv = subprocess.run(argv0 + ["convert", "-q", str(path), str(out)], env=env,
+                              capture_output=True, text=True)
+        if conv.returncode != 0:
+            raise BenchError(f"generated image {path.name} does not convert (exit "
+                             f"{conv.returncode}): {conv.stderr.strip()[-500:]}")
+        size = out.stat().st_size
+        ver = subprocess.run(argv0 + ["verify", str(out)], env=env, capture_output=True,
+                             text=True)
+        if ver.returncode != 0:
+            raise BenchError(f"generated image {path.name} converts to an invalid stream "
+                             f"(exit {ver.returncode}): {ver.stdout.strip()[-500:]}"
+                             f"{ver.stderr.strip()[-500:]}")
+    finally:
+        if out.exists():
+            out.unlink()
+    return {"converted_size": size, "verify": ver.stdout.strip().splitlines()[-1:],
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def mem_available() -> Optional[int]:
@@ -312,6 +367,12 @@ class CaseResult:
     tool_runs: List[Run] = field(default_factory=list)
     ref_runs: List[Run] = field(default_factory=list)
     skipped: str = ""
+    peer: Optional[CaseResult] = None  # the case named by Case.rss_vs, if it ran
+
+    def rss_diff_kib(self) -> Optional[int]:
+        if self.peer is None or self.peer.skipped or not self.peer.tool_runs:
+            return None
+        return self.max_rss_kib() - self.peer.max_rss_kib()
 
     @property
     def ratios(self) -> List[float]:
@@ -328,8 +389,7 @@ class CaseResult:
         out: List[Tuple[str, bool]] = []
         if c.expect_exit is not None:
             bad = [r for r in self.tool_runs + [self.warmup["tool"]]
-                   if r.main.exit != c.expect_exit
-                   or (r.producer is not None and r.producer.exit != 0)]
+                   if r.main.exit != c.expect_exit or not r.helpers_ok]
             out.append(("exit", not bad))
         if t.max_ratio is not None:
             out.append(("ratio", statistics.median(self.ratios) <= t.max_ratio))
@@ -338,6 +398,9 @@ class CaseResult:
             out.append(("read", rc is not None and rc <= t.max_read_fraction * self.image_size))
         if t.max_rss_mib is not None:
             out.append(("rss", self.max_rss_kib() < t.max_rss_mib * 1024))
+        diff = self.rss_diff_kib()
+        if t.max_rss_diff_mib is not None and diff is not None:
+            out.append(("rss-diff", abs(diff) <= t.max_rss_diff_mib * 1024))
         return out
 
     def max_rchar(self) -> Optional[int]:
@@ -364,7 +427,8 @@ class CaseResult:
             "tool": self.tool_argv, "reference": self.ref_argv,
             "targets": {"max_ratio": c.targets.max_ratio,
                         "max_read_fraction": c.targets.max_read_fraction,
-                        "max_rss_mib": c.targets.max_rss_mib},
+                        "max_rss_mib": c.targets.max_rss_mib,
+                        "max_rss_diff_mib": c.targets.max_rss_diff_mib},
             "verdict": self.verdict(),
         }
         if self.skipped:
@@ -381,6 +445,7 @@ class CaseResult:
             "tool_rchar": rc,
             "tool_read_fraction": None if rc is None else rc / self.image_size,
             "tool_maxrss_kib": self.max_rss_kib(),
+            "rss_vs": c.rss_vs, "rss_diff_kib": self.rss_diff_kib(),
             "tool_exits": sorted({r.main.exit for r in self.tool_runs}),
             "checks": dict(self.checks()),
             "warmup": {k: v.to_json() for k, v in self.warmup.items()},
@@ -402,13 +467,16 @@ def run_case(res: CaseResult, runner: Runner, tool: Tool, ref_prog: str, cat: st
     res.ref_argv = [ref_prog] + expand(c.reference[1:], image, out)
     uses_out = any("{out}" in w for w in c.tool + c.reference)
     pipe_from = str(image) if c.pipe else None
+    stdin_file = str(image) if c.stdin_image else None
+    out_path = out if (uses_out or c.consumer) else None
 
     def tool_run() -> Run:
-        return runner.run(res.tool_argv, tool.env, pipe_from, cat, out if uses_out else None)
+        return runner.run(res.tool_argv, tool.env, pipe_from, cat, out_path, stdin_file,
+                          c.consumer)
 
     def ref_run() -> Run:
-        return runner.run(res.ref_argv, dict(os.environ), pipe_from, cat,
-                          out if uses_out else None)
+        return runner.run(res.ref_argv, dict(os.environ), pipe_from, cat, out_path, stdin_file,
+                          c.consumer)
 
     res.warmup["reference"] = ref_run()
     res.warmup["tool"] = tool_run()
@@ -424,8 +492,7 @@ def run_case(res: CaseResult, runner: Runner, tool: Tool, ref_prog: str, cat: st
         log(f"    pair {i + 1}/{pairs}: tool {t.seconds:.3f} s, reference {r.seconds:.3f} s, "
             f"ratio {t.seconds / r.seconds:.3f}")
     w = res.warmup["tool"]
-    if c.expect_exit is not None and (w.main.exit != c.expect_exit or (
-            w.producer is not None and w.producer.exit != 0)):
+    if c.expect_exit is not None and (w.main.exit != c.expect_exit or not w.helpers_ok):
         log(f"    tool exit {w.main.exit} (expected {c.expect_exit}); stderr:\n"
             + "\n".join("      " + x for x in w.main.stderr.splitlines()[-15:]))
 
@@ -618,7 +685,8 @@ def _main(args: argparse.Namespace) -> int:
     if not os.path.isdir(parent):
         raise BenchError(f"--tmpdir {parent}: not a directory")
     est = {n: estimate_size(s) for n, s in specs.items()}
-    uses_out = any("{out}" in w for c in cases for w in c.tool + c.reference)
+    uses_out = any("{out}" in w for c in cases for w in c.tool + c.reference) or any(
+        c.consumer for c in cases)
     need = sum(est.values()) + (max(est.values()) if uses_out and est else 0) + 64 * MiB
     free = shutil.disk_usage(parent).free
     if free < need:
@@ -661,6 +729,12 @@ def _main(args: argparse.Namespace) -> int:
             info = generate(im, specs[im.name], path)
             log(f"  {fmt_bytes(info['size'])} written in {info['write_seconds']:.1f} s "
                 f"(+ fsync {info['fsync_seconds']:.1f} s)")
+            if isinstance(specs[im.name], LegacyImageSpec):
+                info["check"] = check_legacy_image(path, workdir, tool_env(pycache),
+                                                   args.python)
+                log(f"  checked: converts ({fmt_bytes(info['check']['converted_size'])}) and "
+                    f"verifies, {info['check']['seconds']:.1f} s: "
+                    f"{' '.join(info['check']['verify'])}")
             image_info[im.name] = info
             paths[im.name] = path
         gen_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -676,6 +750,10 @@ def _main(args: argparse.Namespace) -> int:
             log(f"{c.name}: warm-up + {args.pairs} pairs ...")
             run_case(res, runner, tools[c.tool[0]], refs[c.reference[0]], cat,
                      paths[c.image], args.pairs, log)
+        by_name = {r.case.name: r for r in results}
+        for r in results:
+            if r.case.rss_vs is not None:
+                r.peer = by_name.get(r.case.rss_vs)
     finally:
         runner.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -712,10 +790,25 @@ def _main(args: argparse.Namespace) -> int:
                "(includes interpreter")
     out.append("start-up; bytes moved by splice() are not counted); RSS = max ru_maxrss of the tool.")
     for res in results:
-        pipe = f"{cat} IMAGE | " if res.case.pipe else ""
-        img = str(paths.get(res.case.image, ""))
-        out.append(f"  {res.case.name}: tool: {pipe}{' '.join(res.tool_argv).replace(img, 'IMAGE')}"
-                   f"   reference: {pipe}{' '.join(res.ref_argv).replace(img, 'IMAGE')} >/dev/null")
+        if res.case.rss_vs is not None and res.rss_diff_kib() is not None:
+            assert res.peer is not None
+            out.append(f"  RSS {res.case.name} {res.max_rss_kib() / 1024:.1f} MiB vs "
+                       f"{res.peer.case.name} {res.peer.max_rss_kib() / 1024:.1f} MiB: "
+                       f"difference {res.rss_diff_kib() / 1024:+.1f} MiB (target: within "
+                       f"{res.case.targets.max_rss_diff_mib:g} MiB)")
+    scratch = str(workdir / "out.bin")
+    for res in results:
+        c = res.case
+        pipe = f"{cat} IMAGE | " if c.pipe else ""
+        stdin = " <IMAGE" if c.stdin_image else ""
+        tail = f" | {cat} >OUT" if c.consumer else " >/dev/null"
+        img = str(paths.get(c.image, ""))
+
+        def show(argv: Sequence[str], img: str = img) -> str:
+            return " ".join(argv).replace(img, "IMAGE").replace(scratch, "OUT")
+
+        out.append(f"  {c.name}: tool: {pipe}{show(res.tool_argv)}{stdin}{tail}"
+                   f"   reference: {pipe}{show(res.ref_argv)}{stdin}{tail}")
     print("\n".join(out), flush=True)
 
     if args.json:

@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from xenstream import xenopsd
 from xenstream.findings import Finding
 from xenstream.io import Source
+from xenstream.legacy_writer import LegacySpec, write_legacy
 from xenstream.parser import EnvelopeData, Frame, Header, Legacy, Parser, Record, XlConfig
 from xenstream.verify import Result, verify
 from xenstream.writer import (
@@ -43,7 +44,7 @@ QEMU = b"QEVM\0\0\0\3" + bytes(range(56))
 # -- building ------------------------------------------------------------------------
 
 
-def build(fn: Callable[[io.BytesIO], None]) -> bytes:
+def build(fn: Callable[[io.BytesIO], object]) -> bytes:
     out = io.BytesIO()
     fn(out)
     return out.getvalue()
@@ -113,7 +114,8 @@ def libvirt_image(guest: str = "hvm", payload: Optional[bytes] = None,
 def xend_image(guest: str = "pv", payload: Optional[bytes] = None, sxp: Optional[str] = None,
                **hdr: Any) -> bytes:
     s = spec(guest)
-    body = payload if payload is not None else (legacy_pv64() if guest == "pv" else legacy_hvm32())
+    body = payload if payload is not None else legacy_body(guest, 8 if guest == "pv" else 4,
+                                                           producer="xend")
     return build(lambda o: (xend_header(o, default_xend_sxp(s) if sxp is None else sxp, **hdr),
                             o.write(body)))
 
@@ -144,6 +146,40 @@ def xenops_frames(guest: str = "hvm", *, metadata: Optional[bytes] = None,
     if end:
         fr.append((xenopsd.END_OF_IMAGE, b""))
     return fr
+
+
+# -- real legacy streams (the legacy writer) ---------------------------------------------
+
+#: what each producer wrote after the legacy body: (toolstack chunk, HVM qemu record kind)
+_PRODUCER = {"bare": (True, "libxl"), "xl": (True, "libxl"), "libvirt": (True, "libxl"),
+             "xend": (False, "xend"), "xenopsd": (False, "xenserver")}
+
+
+def legacy_body(guest: str = "pv", width: int = 8, guest_width: Optional[int] = None, *,
+                producer: str = "bare", **kw: Any) -> bytes:
+    """A whole, sound legacy stream (no envelope) as ``producer`` wrote it:
+    libxl producers add the toolstack chunk and DeviceModelRecord0002, xend
+    its QemuDeviceModelRecord to EOF, XenServer its big-endian qemu record."""
+    toolstack, qemu = _PRODUCER[producer]
+    kw.setdefault("pages", PAGES)
+    kw.setdefault("toolstack", toolstack)
+    kw.setdefault("qemu", qemu)
+    gw = guest_width if guest_width is not None else width
+    return build(lambda o: write_legacy(o, LegacySpec(guest=guest, width=width, guest_width=gw,
+                                                      **kw)))
+
+
+def legacy_image(envelope: str, guest: str = "pv", width: int = 8, **kw: Any) -> bytes:
+    """A whole legacy image with its envelope, from :func:`write_legacy`."""
+    kw.setdefault("pages", PAGES)
+    kw.setdefault("guest_width", width)
+    return build(lambda o: write_legacy(o, LegacySpec(guest=guest, width=width,
+                                                      envelope=envelope, **kw)))
+
+
+#: summary["legacy"] keys added when the legacy stream was followed
+LEGACY_DETAIL_KEYS = {"p2m_size", "pages", "batches", "checkpoints", "verify_mode",
+                      "qemu_record", "guest_width"}
 
 
 # -- legacy payloads by hand (spec "Legacy Images", octets 4-7) ---------------------------
@@ -192,9 +228,10 @@ def envelope_findings(res: Result) -> List[Finding]:
 
     The hand-made legacy payloads here are only their first bytes (what the
     envelopes and the detection look at) followed by filler; a parser that
-    follows legacy streams (the converter work) rightly reports on the
-    filler.  Those findings are on layer "legacy" past the payload's start,
-    where the "legacy-stream" finding is."""
+    follows legacy streams rightly reports on the filler.  Those findings are
+    on layer "legacy" past the payload's start, where the "legacy-stream"
+    finding is.  Tests of real legacy streams (legacy_body/legacy_image) look
+    at ``res.findings`` whole."""
     starts = [f.offset for f in res.findings if f.rule == "legacy-stream"]
     if not starts:
         return list(res.findings)

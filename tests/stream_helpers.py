@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from xenstream.findings import Finding
 from xenstream.io import Source
+from xenstream.legacy_writer import LegacySpec, write_legacy
 from xenstream.parser import EndOfInput, Header, Legacy, Parser, Record, XlConfig
 from xenstream.verify import Result, verify
 from xenstream.writer import (
@@ -66,6 +67,16 @@ def libxl_stream(spec: Optional[ImageSpec] = None, *, header: Optional[Dict[str,
         lw.emulator_context(spec.emulator_context)
     if end:
         lw.end()
+    return out.getvalue()
+
+
+def legacy_stream(guest: str = "pv", width: int = 8, **kw: Any) -> bytes:
+    """A whole, sound legacy (Xen <= 4.5) stream without an envelope, from the
+    legacy writer (8 pages: room for the PV page tables and HVM magic pfns)."""
+    kw.setdefault("pages", 8)
+    kw.setdefault("guest_width", width)
+    out = io.BytesIO()
+    write_legacy(out, LegacySpec(guest=guest, width=width, **kw))
     return out.getvalue()
 
 

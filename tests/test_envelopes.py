@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from envelope_helpers import (
+    LEGACY_DETAIL_KEYS,
     QEMU,
     build,
     check,
@@ -31,8 +32,10 @@ from envelope_helpers import (
     feeder,
     find,
     image,
+    legacy_body,
     legacy_hvm32,
     legacy_hvm64,
+    legacy_image,
     legacy_pv32,
     legacy_pv64,
     libvirt_image,
@@ -150,10 +153,16 @@ def test_hand_xend_header_decoded(tmp_path: Path) -> None:
     assert isinstance(d, EnvelopeData) and (d.offset, d.data) == (20, sxp)
     assert isinstance(lg, Legacy) and lg.offset == 20 + len(sxp) and lg.container == "xend"
     assert lg.guess is not None and (lg.guess.width, lg.guess.guest) == (4, "pv")
-    res = check(tmp_path, raw + body)
+    # the body is a 16-byte stub: the drop-in's view (detect, do not read on)
+    res = check(tmp_path, raw + body, reject_legacy=True)
+    assert [(f.rule, f.severity) for f in res.findings] == [("legacy-stream", ERROR)]
     assert res.summary["xend"] == {"config_len": len(sxp), "name": "hand made",
                                    "guest_type": "pv"}
     assert res.summary["legacy"] == {"container": "xend", "width": 32, "guest_type": "pv"}
+    # the same hand-made header before a real 32-bit PV legacy stream
+    real = check(tmp_path, raw + legacy_body("pv", 4, producer="xend"))
+    assert [(f.rule, f.severity) for f in real.findings] == [("legacy-stream", WARNING)]
+    assert real.valid and real.summary["legacy"]["p2m_size"] == 8
 
 
 def test_hand_xend_length_written_little_endian(tmp_path: Path) -> None:
@@ -208,12 +217,19 @@ def test_hand_xenopsd_legacy_signature(tmp_path: Path) -> None:
     lg = items[1]
     assert isinstance(lg, Legacy) and lg.offset == 15 and lg.container == "xenopsd"
     assert lg.guess is not None and (lg.guess.width, lg.guess.guest) == (4, "hvm")
-    res = check(tmp_path, raw)
+    # a stub body: the drop-in rejects it at the marker without reading on
+    res = check(tmp_path, raw, reject_legacy=True)
     f = only(res, "legacy-stream")
     assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (RESTORE, False, 15, "legacy")
-    assert "convert it" in f.message
+    assert f.message.startswith("legacy stream: convert it")
     assert res.summary["legacy"] == {"container": "xenopsd", "width": 32, "guest_type": "hvm"}
     assert res.summary["xenopsd"]["format"] == "legacy"
+    # the hand-made signature before a real XenServer legacy stream: followed, valid
+    real = check(tmp_path, XENOPSD_LEGACY + legacy_body("hvm", 4, 8, producer="xenopsd"))
+    f = only(real, "legacy-stream", WARNING)
+    assert (f.authority, f.offset, f.layer) == (RESTORE, 15, "legacy")
+    assert f.message.startswith("legacy image (")
+    assert real.valid and real.summary["legacy"]["qemu_record"] == "xenserver"
 
 
 # ======================================================================================
@@ -244,24 +260,42 @@ def test_libvirt_version1_before_libxl_stream_inner_still_checked(tmp_path: Path
     assert chain(res) == "libvirt (v1, XML) -> libxl v2 -> libxc v3"
 
 
-@pytest.mark.parametrize("guest,body,width", [
-    ("pv", legacy_pv64(), 64), ("hvm", legacy_hvm32(), 32)], ids=["pv64", "hvm32"])
-def test_libvirt_version2_before_legacy_stream(tmp_path: Path, guest: str, body: bytes,
-                                               width: int) -> None:
+@pytest.mark.parametrize("guest,width", [("pv", 8), ("hvm", 4)], ids=["pv64", "hvm32"])
+def test_libvirt_version2_before_legacy_stream(tmp_path: Path, guest: str, width: int) -> None:
+    body = legacy_body(guest, width, 8, producer="libvirt")
     res = check(tmp_path, libvirt_image(guest, payload=body, version=2))
-    assert rules(res) == [("legacy-stream", ERROR), ("libvirt-version-lie", ERROR)]
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("legacy-stream", WARNING), ("libvirt-version-lie", ERROR)], described(res)
+    assert not res.valid
     f = find(res, "libvirt-version-lie")
-    assert f.layer == "libvirt" and f.authority == RESTORE
+    assert (f.layer, f.offset, f.what, f.authority) == (
+        "libvirt", 16, "header (libvirt header)", RESTORE)
     assert res.layers == ["libvirt", "legacy"]
-    assert res.summary["legacy"] == {"container": "libvirt", "width": width, "guest_type": guest}
-    assert chain(res) == f"libvirt (v2, XML) -> legacy ({width}-bit toolstack, {guest.upper()})"
+    lg = res.summary["legacy"]
+    assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
+        "container": "libvirt", "width": width * 8, "guest_type": guest}
+    assert set(lg) >= LEGACY_DETAIL_KEYS and lg["checkpoints"] == 1
+    assert chain(res) == f"libvirt (v2, XML) -> legacy ({width * 8}-bit toolstack, {guest.upper()})"
+    # the drop-in: the same version lie, and the legacy stream is an error
+    drop = check(tmp_path, libvirt_image(guest, payload=body, version=2), reject_legacy=True)
+    assert sorted((f.rule, f.severity) for f in drop.findings) == [
+        ("legacy-stream", ERROR), ("libvirt-version-lie", ERROR)]
 
 
 def test_libvirt_version1_before_legacy_stream_is_only_legacy(tmp_path: Path) -> None:
-    res = check(tmp_path, libvirt_image("pv", payload=legacy_pv32(), version=1))
-    f = only(res, "legacy-stream")
-    assert "after the libvirt header" in f.message
+    data = legacy_image("libvirt", "pv", 4)
+    res = check(tmp_path, data)
+    f = only(res, "legacy-stream", WARNING)
+    assert "after the libvirt header" in f.message and f.message.startswith("legacy image (")
+    assert res.valid
     assert chain(res) == "libvirt (v1, XML) -> legacy (32-bit toolstack, PV)"
+    assert res.summary["legacy"]["container"] == "libvirt"
+    assert res.summary["legacy"]["guest_width"] == 32
+    # the drop-in rejects it, at the same place
+    drop = check(tmp_path, data, reject_legacy=True)
+    d = only(drop, "legacy-stream")
+    assert d.offset == f.offset and "after the libvirt header" in d.message
+    assert d.message.startswith("legacy stream: convert it") and not drop.valid
 
 
 @pytest.mark.parametrize("version,authority,tolerated", [
@@ -361,8 +395,10 @@ def test_libvirt_os_type_contradicts_stream(tmp_path: Path, xml_guest: str,
 
 def test_libvirt_os_type_contradicts_legacy_stream(tmp_path: Path) -> None:
     xml = default_libvirt_xml(spec("hvm"))
-    res = check(tmp_path, libvirt_image("hvm", xml=xml, payload=legacy_pv64(), version=1))
-    assert rules(res) == [("guest-type-mismatch", ERROR), ("legacy-stream", ERROR)]
+    res = check(tmp_path, libvirt_image("hvm", xml=xml, payload=legacy_body("pv"), version=1))
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("guest-type-mismatch", ERROR), ("legacy-stream", WARNING)], described(res)
+    assert res.summary["guest_type"] == "pv"  # from the legacy header
 
 
 def test_libvirt_vcpu_count_bounds_inner_vcpu_ids(tmp_path: Path) -> None:
@@ -574,26 +610,66 @@ def test_xenopsd_trailing_data_in_file(tmp_path: Path) -> None:
 
 
 def test_xenopsd_libxc_legacy_frame(tmp_path: Path) -> None:
+    """A legacy stream in a Libxc_legacy frame (PV: no device-model record),
+    then End_of_image: followed, a warning; the drop-in stops at it."""
     data = xenopsd_image([(xenopsd.XENOPS, xenops_metadata()),
-                          (xenopsd.LIBXC_LEGACY, legacy_hvm32())])
+                          (xenopsd.LIBXC_LEGACY, legacy_body("pv", 4, producer="xenopsd")),
+                          (xenopsd.END_OF_IMAGE, b"")])
+    at = 15 + 16 + len(xenops_metadata()) + 16
     res = check(tmp_path, data)
-    f = only(res, "legacy-stream")
-    assert f.offset == 15 + 16 + len(xenops_metadata()) + 16
+    f = only(res, "legacy-stream", WARNING)
+    assert f.offset == at and res.valid
     assert res.layers == ["xenopsd", "legacy"]
-    assert chain(res) == ("xenopsd v2 frames (Xenops metadata, Libxc_legacy record) -> "
-                          "legacy (32-bit toolstack, HVM)")
+    assert res.summary["legacy"]["container"] == "xenopsd-frame"
+    assert res.summary["legacy"]["checkpoints"] == 1
+    assert res.end_offset == len(data)
+    assert chain(res) == ("xenopsd v2 frames (Xenops metadata, Libxc_legacy record, end) -> "
+                          "legacy (32-bit toolstack, PV)")
+    drop = check(tmp_path, data, reject_legacy=True)
+    d = only(drop, "legacy-stream")
+    assert d.offset == at and d.message.startswith("legacy stream: convert it")
+    assert chain(drop) == ("xenopsd v2 frames (Xenops metadata, Libxc_legacy record) -> "
+                           "legacy (32-bit toolstack, PV)")
 
 
-@pytest.mark.parametrize("body,width,guest", [
-    (legacy_hvm32(), 32, "hvm"), (legacy_pv64(), 64, "pv"), (legacy_pv32(), 32, "pv"),
-    (legacy_hvm64(first=512), 64, "hvm")], ids=["hvm32", "pv64", "pv32", "hvm64"])
-def test_xenopsd_legacy_image(tmp_path: Path, body: bytes, width: int, guest: str) -> None:
-    res = check(tmp_path, xenopsd.MAGIC_LEGACY + body)
-    f = only(res, "legacy-stream")
-    assert "XenServer" in f.message
-    assert res.summary["legacy"] == {"container": "xenopsd", "width": width, "guest_type": guest}
+def test_xenopsd_libxc_legacy_frame_hvm_then_qemu_trad(tmp_path: Path) -> None:
+    """xenopsd keeps all qemu state in Qemu_trad frames: an HVM legacy stream
+    in a Libxc_legacy frame has no device-model record of its own, and the
+    Qemu_trad frame after it is a frame, not a legacy qemu record."""
+    data = xenopsd_image([(xenopsd.XENOPS, xenops_metadata()),
+                          (xenopsd.LIBXC_LEGACY, legacy_body("hvm", 8, qemu="none",
+                                                             toolstack=False)),
+                          (xenopsd.QEMU_TRAD, QEMU), (xenopsd.END_OF_IMAGE, b"")])
+    res = check(tmp_path, data)
+    assert [(f.rule, f.severity) for f in res.findings] == [("legacy-stream", WARNING)], \
+        described(res)
+    assert res.valid and res.end_offset == len(data)
+    assert res.summary["xenopsd"]["frames"] == ["Xenops", "Libxc_legacy", "Qemu_trad",
+                                                "End_of_image"]
+
+
+@pytest.mark.parametrize("guest,width,live", [
+    ("hvm", 4, False), ("pv", 8, False), ("pv", 4, False), ("hvm", 8, True)],
+    ids=["hvm32", "pv64", "pv32", "hvm64-live"])
+def test_xenopsd_legacy_image(tmp_path: Path, guest: str, width: int, live: bool) -> None:
+    data = legacy_image("xenopsd", guest, width, guest_width=8 if guest == "hvm" else width,
+                        live=live)
+    res = check(tmp_path, data)
+    f = only(res, "legacy-stream", WARNING)
+    assert "XenServer" in f.message and f.message.startswith("legacy image (")
+    assert (f.offset, f.layer, f.authority) == (15, "legacy", RESTORE)
+    assert res.valid
+    lg = res.summary["legacy"]
+    assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
+        "container": "xenopsd", "width": width * 8, "guest_type": guest}
+    assert lg["qemu_record"] == ("xenserver" if guest == "hvm" else None)
+    assert lg["batches"] == (2 if live else 1)
+    assert res.summary["guest_type"] == guest
     assert res.layers == ["xenopsd", "legacy"]
-    assert chain(res) == f"xenopsd legacy image -> legacy ({width}-bit toolstack, {guest.upper()})"
+    w = width * 8
+    assert chain(res) == f"xenopsd legacy image -> legacy ({w}-bit toolstack, {guest.upper()})"
+    drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream")
+    assert "XenServer" in drop.message and drop.message.startswith("legacy stream: convert it")
 
 
 def test_xenopsd_legacy_signature_before_v2_stream(tmp_path: Path) -> None:
@@ -704,45 +780,57 @@ def test_xenopsd_regular_file_fd_offset_after_end_of_image(tmp_path: Path) -> No
 # ======================================================================================
 
 
-@pytest.mark.parametrize("guest,body,width", [
-    ("pv", legacy_pv64(), 64), ("pv", legacy_pv32(), 32),
-    ("hvm", legacy_hvm32(), 32), ("hvm", legacy_hvm64(), 64)],
-    ids=["pv64", "pv32", "hvm32", "hvm64"])
-def test_xend_image(tmp_path: Path, guest: str, body: bytes, width: int) -> None:
-    res = check(tmp_path, xend_image(guest, payload=body))
-    f = only(res, "legacy-stream")
-    assert "after the xend header" in f.message
+@pytest.mark.parametrize("guest,width", [("pv", 8), ("pv", 4), ("hvm", 4), ("hvm", 8)],
+                         ids=["pv64", "pv32", "hvm32", "hvm64"])
+def test_xend_image(tmp_path: Path, guest: str, width: int) -> None:
+    gw = 8 if guest == "hvm" else width
+    data = xend_image(guest, payload=legacy_body(guest, width, gw, producer="xend"))
+    assert data == legacy_image("xend", guest, width, guest_width=gw)  # the writer agrees
+    res = check(tmp_path, data)
+    f = only(res, "legacy-stream", WARNING)
+    assert "after the xend header" in f.message and f.message.startswith("legacy image (")
+    assert res.valid
     assert res.layers == ["xend", "legacy"]
     assert res.summary["xend"]["guest_type"] == guest
     assert res.summary["xend"]["name"] == f"xenstream-sample-{guest}"
-    assert res.summary["legacy"] == {"container": "xend", "width": width, "guest_type": guest}
-    assert chain(res) == f"xend (SXP config) -> legacy ({width}-bit toolstack, {guest.upper()})"
+    lg = res.summary["legacy"]
+    assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
+        "container": "xend", "width": width * 8, "guest_type": guest}
+    assert lg["qemu_record"] == ("xend" if guest == "hvm" else None)
+    assert chain(res) == f"xend (SXP config) -> legacy ({width * 8}-bit toolstack, {guest.upper()})"
+    drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream")
+    assert drop.offset == f.offset and drop.message.startswith("legacy stream: convert it")
 
 
 def test_xend_hvm_by_boot_child(tmp_path: Path) -> None:
     sxp = "(domain (name odd) (image (ioemu (boot c) (kernel ''))))"
-    res = check(tmp_path, xend_image("hvm", sxp=sxp, payload=legacy_hvm32()))
+    res = check(tmp_path, xend_image("hvm", sxp=sxp))
     assert res.summary["xend"]["guest_type"] == "hvm"
-    only(res, "legacy-stream")
+    only(res, "legacy-stream", WARNING)  # no guest-type-mismatch with the HVM stream
+    assert res.valid
 
 
-@pytest.mark.parametrize("sxp_guest,body", [("hvm", legacy_pv64()), ("pv", legacy_hvm32())],
+@pytest.mark.parametrize("sxp_guest,stream_guest", [("hvm", "pv"), ("pv", "hvm")],
                          ids=["hvm-sxp-pv-stream", "pv-sxp-hvm-stream"])
-def test_xend_guest_type_mismatch(tmp_path: Path, sxp_guest: str, body: bytes) -> None:
+def test_xend_guest_type_mismatch(tmp_path: Path, sxp_guest: str, stream_guest: str) -> None:
     sxp = default_xend_sxp(spec(sxp_guest))
-    res = check(tmp_path, xend_image(sxp=sxp, payload=body))
-    assert rules(res) == [("guest-type-mismatch", ERROR), ("legacy-stream", ERROR)]
+    res = check(tmp_path, xend_image(stream_guest, sxp=sxp))
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("guest-type-mismatch", ERROR), ("legacy-stream", WARNING)], described(res)
     assert "xend config" in find(res, "guest-type-mismatch").message
+    assert res.summary["guest_type"] == stream_guest
 
 
 @pytest.mark.parametrize("sxp", ["(domain (name x)", "(domain (name 'x))", "domain) (", "",
                                  "(domain) trailing", "(vm (name x))"])
 def test_xend_sxp_malformed(tmp_path: Path, sxp: str) -> None:
-    res = check(tmp_path, xend_image("pv", sxp=sxp, payload=legacy_pv64()) if sxp else
-                b"LinuxGuestRecord" + struct.pack(">i", 1) + b" " + legacy_pv64())
+    body = legacy_body("pv", producer="xend")
+    res = check(tmp_path, xend_image("pv", sxp=sxp, payload=body) if sxp else
+                b"LinuxGuestRecord" + struct.pack(">i", 1) + b" " + body)
     f = find(res, "xend-config-sxp")
     assert (f.severity, f.layer, f.offset, f.authority) == (ERROR, "xend", 20, RESTORE)
-    assert rules(res) == [("legacy-stream", ERROR), ("xend-config-sxp", ERROR)]
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("legacy-stream", WARNING), ("xend-config-sxp", ERROR)], described(res)
 
 
 @pytest.mark.parametrize("clen", [0, -1, -0x80000000])
@@ -763,7 +851,9 @@ def test_xend_config_length_beyond_file(tmp_path: Path) -> None:
 def test_xend_config_with_nul_warns(tmp_path: Path) -> None:
     sxp = default_xend_sxp(spec("pv")) + "\0"
     res = check(tmp_path, xend_image("pv", sxp=sxp))
-    assert rules(res) == [("legacy-stream", ERROR), ("xend-config-nul", WARNING)]
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("legacy-stream", WARNING), ("xend-config-nul", WARNING)], described(res)
+    assert res.valid
 
 
 @pytest.mark.parametrize("pos", range(16))
@@ -795,7 +885,9 @@ def test_xend_magic_byte_flipped(tmp_path: Path, pos: int) -> None:
         "hvm64-batch"])
 def test_bare_legacy_detected(tmp_path: Path, body: bytes, width: int, guest: str,
                               p2m: int) -> None:
-    res = check(tmp_path, body)
+    """Detection from the first 16 bytes (hand-made, the spec's table), as
+    the drop-in sees them: rejected at the marker, nothing after it read."""
+    res = check(tmp_path, body, reject_legacy=True)
     f = only(res, "legacy-stream")
     assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (RESTORE, False, 0, "legacy")
     assert f.message.startswith("legacy stream: convert it")
@@ -804,6 +896,121 @@ def test_bare_legacy_detected(tmp_path: Path, body: bytes, width: int, guest: st
     assert res.summary["legacy"] == {"container": "bare", "width": width, "guest_type": guest}
     assert res.layers == ["legacy"]
     assert chain(res) == f"legacy ({width}-bit toolstack, {guest.upper()})"
+
+
+@pytest.mark.parametrize("guest,width,gw,live", [
+    ("pv", 4, 4, False), ("pv", 8, 8, False), ("pv", 8, 4, False), ("hvm", 4, 8, False),
+    ("hvm", 4, 8, True), ("hvm", 8, 8, False), ("hvm", 8, 8, True)],
+    ids=["pv32", "pv64", "pv64-guest32", "hvm32-chunk", "hvm32-batch", "hvm64-chunk",
+         "hvm64-batch"])
+def test_bare_legacy_real_stream(tmp_path: Path, guest: str, width: int, gw: int,
+                                 live: bool) -> None:
+    """A whole legacy stream (live: a page batch first, else TSC_INFO):
+    detected, followed to its end, a warning only."""
+    data = legacy_body(guest, width, gw, live=live)
+    res = check(tmp_path, data)
+    f = only(res, "legacy-stream", WARNING)
+    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (RESTORE, False, 0, "legacy")
+    assert f.message.startswith("legacy image (")
+    assert "Xen >= 4.6 restores it only after conversion" in f.message
+    assert f"{width * 8}-bit toolstack" in f.message and guest.upper() in f.message
+    assert "p2m_size 0x8" in f.message
+    assert res.valid and res.end_offset == len(data)
+    hvm = guest == "hvm"
+    assert res.summary["legacy"] == {
+        "container": "bare", "width": width * 8, "guest_type": guest, "p2m_size": 8,
+        # HVM: pfn 5 is a hole; live HVM sends the later-dirty pages as XALLOC first
+        "pages": 7 if hvm else 8, "batches": 2 if live else 1,
+        "checkpoints": 1, "verify_mode": False, "qemu_record": "libxl" if hvm else None,
+        "guest_width": None if hvm else gw * 8}
+    assert res.summary["guest_type"] == guest
+    assert res.layers == ["legacy"]
+    assert chain(res) == f"legacy ({width * 8}-bit toolstack, {guest.upper()})"
+
+
+def _sound_legacy() -> bytes:
+    return legacy_body("hvm", 4)
+
+
+def test_cli_verify_sound_legacy_image_warns(tmp_path: Path) -> None:
+    p = put(tmp_path, _sound_legacy())
+    out = run([XENSTREAM, "verify", str(p)], expect=0)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout
+    assert lines[0].startswith(f"{p}: offset 0x0, legacy payload: warning: legacy image (")
+    assert "only after conversion" in lines[0]
+    assert lines[1].startswith(f"{p}: valid, 1 warning: legacy (32-bit toolstack, HVM)")
+    assert "error" not in out.stdout.lower()
+    doc = json.loads(run([XENSTREAM, "verify", "--json", str(p)], expect=0).stdout)
+    assert doc["valid"] is True
+    assert [(f["rule"], f["severity"]) for f in doc["findings"]] == [("legacy-stream", "warning")]
+    import jsonschema
+
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+
+
+def test_verify_stream_v2_rejects_sound_legacy_image(tmp_path: Path) -> None:
+    p = put(tmp_path, _sound_legacy())
+    out = run([exe("verify-stream-v2"), "-i", str(p)], expect=1)
+    assert "legacy stream: convert it" in out.stderr
+    assert "legacy image (" not in out.stderr + out.stdout
+
+
+def test_legacy_bad_page_type(tmp_path: Path) -> None:
+    """Page type 5 (between L4TAB and the XALLOC/BROKEN/XTAB codes): Xen's v2
+    restore rejects it; the stream around it is still read to its end."""
+    data = bytearray(legacy_body("hvm", 8))
+    # 64-bit HVM, not live: u64 p2m_size, TSC_INFO (24 bytes), then the first batch
+    assert struct.unpack_from("<Q", data, 0)[0] == 8
+    assert struct.unpack_from("<i", data, 8)[0] == -7
+    assert struct.unpack_from("<iQ", data, 32) == (8, 0)  # 8 entries, pfn 0 type 0 first
+    struct.pack_into("<Q", data, 36, (5 << 28) | 0)
+    res = check(tmp_path, bytes(data))
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("legacy-page-type", ERROR), ("legacy-stream", WARNING)], described(res)
+    f = next(f for f in res.findings if f.rule == "legacy-page-type")
+    assert (f.layer, f.offset, f.authority, f.restore_tolerates) == ("legacy", 32, RESTORE, False)
+    assert "0x5" in f.message
+    assert not res.valid and res.end_offset == len(data)
+
+
+@pytest.mark.parametrize("guest", ["pv", "hvm"])
+def test_legacy_tmem(tmp_path: Path, guest: str) -> None:
+    res = check(tmp_path, legacy_body(guest, tmem=True))
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("legacy-stream", WARNING), ("legacy-tmem", ERROR)], described(res)
+    f = next(f for f in res.findings if f.rule == "legacy-tmem")
+    assert (f.layer, f.authority, f.restore_tolerates) == ("legacy", RESTORE, False)
+    assert "tmem" in f.message and not res.valid
+
+
+@pytest.mark.parametrize("guest", ["pv", "hvm"])
+def test_legacy_remus_truncated_in_last_checkpoint(tmp_path: Path, guest: str) -> None:
+    """Cut inside checkpoint 3 of 3: a restore fails over to checkpoint 2."""
+    res = check(tmp_path, legacy_body(guest, checkpoints=3, truncate_in_checkpoint=3))
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("legacy-checkpoint-eof", WARNING), ("legacy-stream", WARNING)], described(res)
+    f = next(f for f in res.findings if f.rule == "legacy-checkpoint-eof")
+    assert (f.layer, f.authority, f.restore_tolerates) == ("legacy", RESTORE, True)
+    assert "checkpoint 3" in f.message and "checkpoint 2" in f.message
+    assert res.valid
+    assert res.summary["legacy"]["checkpoints"] == 2
+    whole = check(tmp_path, legacy_body(guest, checkpoints=3))
+    assert [(f.rule, f.severity) for f in whole.findings] == [("legacy-stream", WARNING)]
+    assert whole.summary["legacy"]["checkpoints"] == 3
+
+
+@pytest.mark.parametrize("guest", ["pv", "hvm"])
+def test_legacy_remus_truncated_in_first_checkpoint(tmp_path: Path, guest: str) -> None:
+    """Cut inside checkpoint 1: nothing to fail over to."""
+    data = legacy_body(guest, checkpoints=3, truncate_in_checkpoint=1)
+    res = check(tmp_path, data)
+    assert sorted((f.rule, f.severity) for f in res.findings) == [
+        ("legacy-stream", WARNING), ("truncated", ERROR)], described(res)
+    f = next(f for f in res.findings if f.rule == "truncated")
+    assert (f.layer, f.authority, f.restore_tolerates) == ("legacy", RESTORE, False)
+    assert f.offset < len(data)
+    assert not res.valid and res.summary["legacy"]["checkpoints"] == 0
 
 
 @pytest.mark.parametrize("data", [
@@ -871,9 +1078,9 @@ ENVELOPES = {
     "xenopsd-hvm": lambda: xenopsd_image(xenops_frames(
         "hvm", between=[(xenopsd.VARSTORED, b"vars"), (xenopsd.SWTPM, b"tpm")])),
     "xenopsd-pv": lambda: image("xenopsd", "pv"),
-    "xenopsd-legacy": lambda: xenopsd.MAGIC_LEGACY + legacy_pv32(),
+    "xenopsd-legacy": lambda: legacy_image("xenopsd", "pv", 4),
     "xend": lambda: xend_image("pv"),
-    "libvirt-legacy": lambda: libvirt_image("pv", payload=legacy_pv64(), version=1),
+    "libvirt-legacy": lambda: legacy_image("libvirt", "pv", 8),
 }
 
 
@@ -916,7 +1123,7 @@ DETECTED = {
     "libvirt": lambda: libvirt_image("hvm"),
     "xenopsd": lambda: image("xenopsd", "hvm"),
     "xend": lambda: xend_image("pv"),
-    "legacy": lambda: legacy_hvm64(),
+    "legacy": lambda: legacy_body("hvm", 8),
     "libxc": lambda: libxc_stream("pv"),
     "libxl": lambda: libxl_stream("hvm"),
     "xl": lambda: image("xl", "hvm"),
@@ -938,8 +1145,12 @@ def test_forced_format(tmp_path: Path, kind: str, forced: str) -> None:
 
 
 def test_forced_xenopsd_accepts_legacy_signature(tmp_path: Path) -> None:
-    res = check(tmp_path, xenopsd.MAGIC_LEGACY + legacy_pv32(), format="xenopsd")
-    only(res, "legacy-stream")
+    data = legacy_image("xenopsd", "pv", 4)
+    res = check(tmp_path, data, format="xenopsd")
+    only(res, "legacy-stream", WARNING)
+    assert res.valid and res.layers == ["xenopsd", "legacy"]
+    drop = check(tmp_path, data, format="xenopsd", reject_legacy=True)
+    only(drop, "legacy-stream", ERROR)
 
 
 def test_forced_legacy_on_enveloped_legacy_is_mismatch(tmp_path: Path) -> None:
@@ -965,16 +1176,20 @@ def test_cli_format_accepts_envelope_names(tmp_path: Path, forced: str, kind: st
 CHAINS = [
     ("libvirt", lambda: libvirt_image("hvm"), "libvirt (v2, XML) -> libxl v2 -> libxc v3",
      ["libvirt", "libxl", "libxc"], 0),
-    ("libvirt-legacy", lambda: libvirt_image("pv", payload=legacy_pv64(), version=1),
+    ("libvirt-legacy", lambda: legacy_image("libvirt", "pv", 8),
+     "libvirt (v1, XML) -> legacy (64-bit toolstack, PV)", ["libvirt", "legacy"], 0),
+    ("libvirt-legacy-stub", lambda: libvirt_image("pv", payload=legacy_pv64(), version=1),
      "libvirt (v1, XML) -> legacy (64-bit toolstack, PV)", ["libvirt", "legacy"], 1),
     ("xenopsd", lambda: image("xenopsd", "hvm"),
      "xenopsd v2 frames (Xenops metadata, libxc v3, Qemu_trad record, end)",
      ["xenopsd", "libxc"], 0),
-    ("xenopsd-legacy", lambda: xenopsd.MAGIC_LEGACY + legacy_hvm32(),
-     "xenopsd legacy image -> legacy (32-bit toolstack, HVM)", ["xenopsd", "legacy"], 1),
+    ("xenopsd-legacy", lambda: legacy_image("xenopsd", "hvm", 4),
+     "xenopsd legacy image -> legacy (32-bit toolstack, HVM)", ["xenopsd", "legacy"], 0),
     ("xend", lambda: xend_image("pv"), "xend (SXP config) -> legacy (64-bit toolstack, PV)",
-     ["xend", "legacy"], 1),
-    ("legacy", lambda: legacy_pv32(), "legacy (32-bit toolstack, PV)", ["legacy"], 1),
+     ["xend", "legacy"], 0),
+    ("legacy", lambda: legacy_body("pv", 4), "legacy (32-bit toolstack, PV)", ["legacy"], 0),
+    # a 16-byte stub and filler: detected, then the filler is no legacy stream
+    ("legacy-stub", lambda: legacy_pv32(), "legacy (32-bit toolstack, PV)", ["legacy"], 1),
 ]
 
 

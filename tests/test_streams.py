@@ -25,6 +25,7 @@ from stream_helpers import (
     hvm_tail,
     image,
     items_of,
+    legacy_stream,
     libxc_custom,
     libxl_custom,
     libxl_stream,
@@ -385,30 +386,54 @@ class TestXlHeader:
         assert res.summary["vcpus"] == [0, 1, 2]
 
     def test_no_streamv2_in_front_of_libxl_stream(self, tmp_path: Path) -> None:
+        """The flag lies (reported at the xl mandatory_flags field); the libxl
+        stream found there is parsed by its content."""
         data = xl_image(streamv2=False, payload=image(envelope="libxl"))
-        f = only(check(tmp_path, data), "xl-streamv2-lie")
+        res = check(tmp_path, data)
+        f = only(res, "xl-streamv2-lie")
         assert sig(f) == ("xl-streamv2-lie", ERROR, RESTORE, False)
-        assert f.offset == 48 + len(_default_optional())
+        assert (f.offset, f.layer, f.what) == (36, "xl", "header (xl header)")
+        assert "libxl v2 stream" in f.message
+        assert res.layers == ["xl", "libxl", "libxc"]
+        assert res.end_offset == len(data)
+
+    def test_no_streamv2_in_front_of_libxl_stream_inner_errors_reported(
+            self, tmp_path: Path) -> None:
+        bad = libxl_stream(emu=False, after=lambda lw: lw.xenstore_data({}, raw=b"/abs\0v\0"))
+        res = check(tmp_path, xl_image(streamv2=False, payload=bad))
+        assert sorted(rules(res)) == ["libxl-xenstore-key-absolute", "xl-streamv2-lie"]
 
     def test_no_streamv2_in_front_of_legacy_payload(self, tmp_path: Path) -> None:
-        # 64-bit toolstack, HVM (the default config's type): p2m_size u64, then
-        # the first chunk, -7 (TSC_INFO)
-        payload = struct.pack("<Qi", 0x1000, -7) + b"\0" * 64
-        res = check(tmp_path, xl_image(streamv2=False, payload=payload))
+        # 64-bit toolstack, HVM (the default config's type): a whole legacy stream
+        payload = legacy_stream("hvm", 8)
+        assert struct.unpack_from("<Qi", payload) == (8, -7)  # p2m_size, TSC_INFO first
+        data = xl_image(streamv2=False, payload=payload)
+        res = check(tmp_path, data)
         f = only(res, "legacy-stream")
-        assert sig(f) == ("legacy-stream", ERROR, RESTORE, False)
-        assert "legacy stream: convert it" in f.message
-        assert f.offset == 48 + len(_default_optional())
+        assert sig(f) == ("legacy-stream", WARNING, RESTORE, False)
+        assert f.message.startswith("legacy image (") and "STREAMv2 flag clear" in f.message
+        assert f.offset == 48 + len(_default_optional()) and f.layer == "legacy"
+        assert res.valid and res.end_offset == len(data)
         assert res.layers == ["xl", "legacy"]
-        assert res.summary["legacy"] == {"container": "xl", "width": 64, "guest_type": "hvm"}
+        lg = res.summary["legacy"]
+        assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
+            "container": "xl", "width": 64, "guest_type": "hvm"}
+        assert (lg["p2m_size"], lg["checkpoints"], lg["qemu_record"]) == (8, 1, "libxl")
+        # the drop-in (verify-stream-v2) rejects it at the same place
+        drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream")
+        assert sig(drop) == ("legacy-stream", ERROR, RESTORE, False)
+        assert drop.message.startswith("legacy stream: convert it")
+        assert drop.offset == f.offset
 
     def test_legacy_payload_contradicting_config_type(self, tmp_path: Path) -> None:
         # the default config says HVM; a 64-bit PV legacy stream follows
-        payload = struct.pack("<QQ", 0x1000, 0xFFFFFFFFFFFFFFFF) + b"\0" * 64
-        res = check(tmp_path, xl_image(streamv2=False, payload=payload))
+        res = check(tmp_path, xl_image(streamv2=False, payload=legacy_stream("pv", 8)))
         assert [(f.rule, f.severity) for f in res.findings] == [
-            ("guest-type-mismatch", ERROR), ("legacy-stream", ERROR)]
-        assert res.summary["legacy"] == {"container": "xl", "width": 64, "guest_type": "pv"}
+            ("guest-type-mismatch", ERROR), ("legacy-stream", WARNING)]
+        lg = res.summary["legacy"]
+        assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
+            "container": "xl", "width": 64, "guest_type": "pv"}
+        assert res.summary["guest_type"] == "pv"  # from the legacy header
 
     def test_streamv2_in_front_of_legacy_payload_hints(self, tmp_path: Path) -> None:
         # a 64-bit legacy PV stream (the common x86_64 case) behind a STREAMv2 flag
@@ -853,7 +878,8 @@ class TestDetection:
 
     @pytest.mark.parametrize("width,guest", [(4, "pv"), (8, "pv"), (4, "hvm"), (8, "hvm")])
     def test_bare_legacy(self, tmp_path: Path, width: int, guest: str) -> None:
-        res = check(tmp_path, _legacy_head(width, guest))
+        # the hand-made first 16 bytes (and filler): the drop-in's detection
+        res = check(tmp_path, _legacy_head(width, guest), reject_legacy=True)
         f = only(res, "legacy-stream")
         assert sig(f) == ("legacy-stream", ERROR, RESTORE, False)
         assert f.offset == 0 and f.layer == "legacy"
@@ -862,6 +888,33 @@ class TestDetection:
         assert res.layers == ["legacy"]
         assert res.summary["legacy"] == {"container": "bare", "width": width * 8,
                                          "guest_type": guest}
+
+    @pytest.mark.parametrize("width,guest", [(4, "pv"), (8, "pv"), (4, "hvm"), (8, "hvm")])
+    def test_bare_legacy_real_stream(self, tmp_path: Path, width: int, guest: str) -> None:
+        data = legacy_stream(guest, width)
+        # the detection octets of xen-formats.md section 4.1, as _legacy_head has them
+        ul = "<I" if width == 4 else "<Q"
+        assert struct.unpack_from(ul, data)[0] == 8  # p2m_size
+        if guest == "pv":
+            assert struct.unpack_from(ul, data, width)[0] == (1 << (8 * width)) - 1
+        else:
+            assert struct.unpack_from("<i", data, width)[0] == -7  # TSC_INFO chunk first
+        res = check(tmp_path, data)
+        f = only(res, "legacy-stream")
+        assert sig(f) == ("legacy-stream", WARNING, RESTORE, False)
+        assert f.offset == 0 and f.layer == "legacy"
+        assert f"{guest.upper()} stream from a {width * 8}-bit toolstack" in f.message
+        assert res.valid and res.layers == ["legacy"]
+        lg = res.summary["legacy"]
+        assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
+            "container": "bare", "width": width * 8, "guest_type": guest}
+        assert lg["guest_width"] == (None if guest == "hvm" else width * 8)
+
+    def test_legacy_filler_after_detected_head_is_an_error(self, tmp_path: Path) -> None:
+        """Detected from its first bytes, then followed: filler is no legacy stream."""
+        res = check(tmp_path, _legacy_head(8, "pv"))
+        assert one_of(res, "legacy-stream").severity == WARNING
+        assert not res.valid and [f.layer for f in res.errors] == ["legacy"]
 
 
 # ==========================================================================
@@ -878,6 +931,8 @@ def _json_cases() -> List[Tuple[str, bytes]]:
         ("checkpointed-colo", image(envelope="xl", pages=8, checkpoints=2, colo=True)),
         ("legacy", _legacy_head(8, "pv")),
         ("legacy-in-xl", xl_image(streamv2=False, payload=_legacy_head(4, "hvm"))),
+        ("legacy-real", legacy_stream("pv", 4)),
+        ("legacy-real-in-xl", xl_image(streamv2=False, payload=legacy_stream("hvm", 4))),
         ("truncated", image(envelope="libxl")[:100]),
         ("garbage", b"not a xen image at all!!"),
         ("big-endian", image(envelope="libxl", endian=">")),
@@ -954,14 +1009,18 @@ class TestJson:
 
     def test_legacy_summary(self, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                             schema: Dict[str, Any]) -> None:
-        p = write_file(tmp_path, _legacy_head(4, "pv"))
-        assert main(["verify", "--json", str(p)]) == 1
+        p = write_file(tmp_path, legacy_stream("pv", 4))
+        assert main(["verify", "--json", str(p)]) == 0
         doc = load_json(capsys.readouterr().out)
         jsonschema.validate(doc, schema)
-        assert doc["layers"] == ["legacy"]
-        assert doc["summary"]["legacy"] == {"container": "bare", "width": 32,
-                                            "guest_type": "pv"}
-        assert [f["rule"] for f in doc["findings"]] == ["legacy-stream"]
+        assert doc["layers"] == ["legacy"] and doc["valid"] is True
+        assert doc["summary"]["legacy"] == {
+            "container": "bare", "width": 32, "guest_type": "pv", "p2m_size": 8, "pages": 8,
+            "batches": 1, "checkpoints": 1, "verify_mode": False, "qemu_record": None,
+            "guest_width": 32}
+        assert doc["summary"]["guest_type"] == "pv"
+        assert [(f["rule"], f["severity"]) for f in doc["findings"]] == [
+            ("legacy-stream", "warning")]
 
 
 # ==========================================================================

@@ -25,6 +25,7 @@ import pytest
 from xenstream import libxc, libxl
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.io import Source
+from xenstream.legacy_writer import LegacySpec, write_legacy
 from xenstream.parser import Parser, Record
 from xenstream.verify import Result, verify
 from xenstream.writer import (
@@ -475,14 +476,20 @@ def test_hostile_bytes_never_raise(tmp_path: Path) -> None:
 def test_xl_without_streamv2_is_legacy(tmp_path: Path, check: Callable[..., Result]) -> None:
     """Upstream `verify-stream-v2 --format xl` switches to libxc when STREAMv2 is
     clear, i.e. treats a legacy stream as libxc v2 ("Bad image marker") instead
-    of saying it is a legacy stream to convert (§7 #17)."""
-    legacy = struct.pack("<QQ", 0x40000, 2**64 - 1) + bytes(range(256)) * 4
+    of saying it is a legacy stream to convert (§7 #17).  Here: the drop-in
+    names it a legacy stream to convert; ``xenstream verify`` follows a real
+    legacy payload and finds it sound (a warning: convert before restoring)."""
+    legacy = io.BytesIO()
+    write_legacy(legacy, LegacySpec(guest="pv", width=8, guest_width=8, pages=8))
+    assert legacy.getvalue()[8:16] == b"\xff" * 8  # 64-bit PV: ~0UL after p2m_size
     b = io.BytesIO()
     xl_header(b, {"c_info": {"type": "pv"}}, streamv2=False)
-    b.write(legacy)
-    res = check(b.getvalue())
+    b.write(legacy.getvalue())
+    # the drop-in's verdict (reject_legacy), API and CLI
+    res = check(b.getvalue(), reject_legacy=True)
+    assert found(res) == [("legacy-stream", ERROR)]
     f = one(res, "legacy-stream")
-    assert f.severity == ERROR and f.message.startswith("legacy stream: convert it")
+    assert f.message.startswith("legacy stream: convert it")
     assert "64-bit" in f.message and "STREAMv2 flag clear" in f.message
     assert res.layers == ["xl", "legacy"]
     p = tmp_path / "legacy.xl"
@@ -490,11 +497,34 @@ def test_xl_without_streamv2_is_legacy(tmp_path: Path, check: Callable[..., Resu
     out = v2(["-f", "xl", "-i", str(p)])
     assert out.returncode == 1 and "legacy stream: convert it" in out.stderr
     assert "marker" not in out.stderr
-    # the flag clear but a v2 stream after it: named as the lie it is
+    # xenstream verify: the same legacy stream, followed to its end
+    res = check(b.getvalue())
+    assert found(res) == [("legacy-stream", WARNING)]
+    f = one(res, "legacy-stream")
+    assert f.message.startswith("legacy image (") and "STREAMv2 flag clear" in f.message
+    assert res.valid and res.layers == ["xl", "legacy"]
+    assert res.summary["legacy"]["container"] == "xl"
+    assert res.summary["legacy"]["checkpoints"] == 1
+    assert "marker" not in " ".join(x.message for x in res.findings)
+    # a 16-byte legacy head and filler: detected as legacy, then the filler is
+    # no legacy stream (never "Bad image marker")
+    b2 = io.BytesIO()
+    xl_header(b2, {"c_info": {"type": "pv"}}, streamv2=False)
+    b2.write(struct.pack("<QQ", 0x40000, 2**64 - 1) + bytes(range(256)) * 4)
+    stub = check(b2.getvalue())
+    assert one(stub, "legacy-stream").severity == WARNING
+    assert not stub.valid and all(e.layer == "legacy" for e in stub.errors)
+    assert "marker" not in " ".join(x.message for x in stub.findings)
+    # the flag clear but a v2 stream after it: named as the lie it is, at the
+    # xl mandatory_flags field, and the stream is checked by its content
     b = io.BytesIO()
     xl_header(b, {"c_info": {"type": "hvm"}}, streamv2=False)
     b.write(image(envelope="libxl"))
-    assert found(check(b.getvalue())) == [("xl-streamv2-lie", ERROR)]
+    res = check(b.getvalue())
+    assert found(res) == [("xl-streamv2-lie", ERROR)]
+    lie = res.findings[0]
+    assert (lie.layer, lie.offset, lie.authority) == ("xl", 36, RESTORE)
+    assert res.layers == ["xl", "libxl", "libxc"]
 
 
 def test_xl_byteorder_checked(check: Callable[..., Result]) -> None:

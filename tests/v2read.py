@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from xenstream.io import Source
-from xenstream.parser import Header, Parser, Record
+from xenstream.parser import EndOfInput, EnvelopeData, Header, Parser, Record, XlConfig
 
 
 @dataclass
@@ -34,6 +34,17 @@ class V2Image:
     xenstore: List[Tuple[bytes, bytes]] = field(default_factory=list)
     record_names: List[str] = field(default_factory=list)
     end_offset: int = 0
+    # additions (all optional for older callers)
+    xl_config: Optional[bytes] = None  # the xl header's config bytes, if any
+    envelope_data: Dict[str, bytes] = field(default_factory=dict)  # kind -> data (libvirt XML)
+    header_offsets: Dict[str, int] = field(default_factory=dict)  # header kind -> offset
+    xenstore_id: Optional[int] = None  # EMULATOR_XENSTORE_DATA emulator id
+    xenstore_raw: Optional[bytes] = None  # its body after the 8-byte emulator header
+    verify_pages: Dict[int, bytes] = field(default_factory=dict)  # pages sent after VERIFY
+    page_records: List[List[int]] = field(default_factory=list)  # raw entry words per PAGE_DATA
+    tsc_raw: Optional[bytes] = None  # the X86_TSC_INFO body, undecoded
+    trailing: bytes = b""  # bytes after where the parser stopped (after the final END)
+    input_size: int = 0
 
 
 def read_v2(path: str) -> V2Image:
@@ -45,6 +56,16 @@ def read_v2(path: str) -> V2Image:
         for it in p.items():
             if isinstance(it, Header):
                 img.headers[it.kind] = dict(it.fields)
+                img.header_offsets[it.kind] = it.offset
+                continue
+            if isinstance(it, XlConfig):
+                img.xl_config = it.config
+                continue
+            if isinstance(it, EnvelopeData):
+                if it.data is not None:
+                    img.envelope_data[it.kind] = it.data
+                continue
+            if isinstance(it, EndOfInput):
                 continue
             if not isinstance(it, Record):
                 continue
@@ -55,6 +76,7 @@ def read_v2(path: str) -> V2Image:
                 if t == 0x01:
                     count = struct.unpack_from("<I", body)[0]
                     ents = struct.unpack_from(f"<{count}Q", body, 8)
+                    img.page_records.append(list(ents))
                     off = 8 + 8 * count
                     for e in ents:
                         pfn, typ = e & ((1 << 52) - 1), e >> 60
@@ -65,6 +87,8 @@ def read_v2(path: str) -> V2Image:
                         if typ in (0xD, 0xE):
                             continue
                         img.pages[pfn] = body[off: off + 4096]
+                        if img.verify_at is not None:
+                            img.verify_pages[pfn] = body[off: off + 4096]
                         off += 4096
                 elif t == 0x02:
                     img.pv_info = (body[0], body[1])
@@ -80,6 +104,7 @@ def read_v2(path: str) -> V2Image:
                     img.shared_info = body
                 elif t == 0x08:
                     img.tsc = struct.unpack_from("<IIQI", body)
+                    img.tsc_raw = body
                 elif t == 0x09:
                     img.hvm_context = body
                 elif t == 0x0A:
@@ -92,10 +117,14 @@ def read_v2(path: str) -> V2Image:
             else:
                 if it.rtype == 2:
                     data = body[8:]
+                    img.xenstore_id = struct.unpack_from("<I", body)[0]
+                    img.xenstore_raw = data
                     parts = data.split(b"\0")
                     img.xenstore = [(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
                 elif it.rtype == 3:
                     img.emulator_context = (struct.unpack_from("<I", body)[0], body[8:])
         img.layers = list(p.state.layers)
         img.end_offset = src.pos
+        img.input_size = len(raw_all)
+        img.trailing = raw_all[img.end_offset:]
     return img

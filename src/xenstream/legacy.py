@@ -380,7 +380,8 @@ LItem = Union[LHeader, LBatch, LChunk, LBodyEnd, LHvmTail, LPvTail, LQemu, LChec
 class LegacyOptions:
     """How to read a legacy stream.  ``width``/``guest``: forced values (None:
     from content).  ``qemu``: "auto" reads a device-model record after an HVM
-    tail when bytes follow, "skip" never reads one (the caller reads it)."""
+    tail when bytes follow, "skip" never reads one (the caller reads it),
+    "optional" reads one only when a known signature follows."""
 
     __slots__ = ("width", "guest", "qemu")
 
@@ -709,6 +710,11 @@ class LegacyParser:
         if not sig:
             return None  # a libxc-only stream: no device-model record
         what = "legacy qemu record"
+        if self.opts.qemu == "optional" and sig not in QEMU_KINDS:
+            # inside a container (a XenServer Libxc_legacy frame) what follows
+            # may be the container's own next frame: give the bytes back
+            self.src.unread(sig)
+            return None
         if len(sig) < QEMU_SIG_LEN or sig not in QEMU_KINDS:
             raise self._error(at, "expected a device-model record (DeviceModelRecord0002, "
                               "RemusDeviceModelState or QemuDeviceModelRecord), found "

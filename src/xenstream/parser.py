@@ -494,7 +494,10 @@ class Parser:
         yield item
         if not self.follow_legacy:
             return
-        lp = legacy.LegacyParser(self.src, prefix=item.head, options=self.legacy_options)
+        opts = self.legacy_options
+        if item.container == "xenopsd-frame" and opts.qemu == "auto":
+            opts = legacy.LegacyOptions(opts.width, opts.guest, "optional")
+        lp = legacy.LegacyParser(self.src, prefix=item.head, options=opts)
         self.legacy_parser = lp
         truncated = False
         for it in lp.items():
