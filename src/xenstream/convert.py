@@ -20,7 +20,7 @@ import tempfile
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from xenstream import hvm, legacy, libxc, libxl, xl
-from xenstream.errors import FormatError, XenstreamError
+from xenstream.errors import FormatError, TruncatedError, XenstreamError
 from xenstream.findings import ERROR, WARNING
 from xenstream.io import Source
 from xenstream.legacy import (
@@ -313,7 +313,8 @@ class ConvertOptions:
                  width_hint: Optional[int] = None, skip_qemu: bool = False,
                  drop_tmem: bool = False, xl: Optional[bool] = None,
                  tmpdir: Optional[str] = None, keep_envelope: bool = True,
-                 progress: Optional[Callable[[int], None]] = None) -> None:
+                 progress: Optional[Callable[[int], None]] = None,
+                 hints: bool = True, upstream_xl: bool = False) -> None:
         self.out_format = out_format  # "libxc" | "libxl" | None: from the envelope
         self.stream_version = stream_version
         self.width = width  # forced toolstack width in bytes (error on contradiction)
@@ -327,6 +328,11 @@ class ConvertOptions:
         #: False (the drop-in): write the bare stream, as upstream's converter did
         self.keep_envelope = keep_envelope
         self.progress = progress  # called with the input offset now and then
+        #: error messages may suggest xenstream convert's options (not the drop-in's)
+        self.hints = hints
+        #: the drop-in's -x: copy the xl header and optional data as upstream
+        #: did, adding STREAMv2 only for libxl output
+        self.upstream_xl = upstream_xl
 
 
 class ConvertResult:
@@ -396,6 +402,9 @@ class Converter:
 
     # -- logging ------------------------------------------------------------------------
 
+    def _hint(self, text: str) -> str:
+        return text if self.opts.hints else ""
+
     def info(self, msg: str) -> None:
         if self._log:
             self._log("info", msg)
@@ -450,8 +459,15 @@ class Converter:
             qemu="skip" if self.opts.skip_qemu else "auto")
         self.parser = p
         try:
-            for item in p.items():
-                self._item(item)
+            try:
+                for item in p.items():
+                    self._item(item)
+            except TruncatedError as e:
+                # the converter itself ran out of input while moving a later
+                # checkpoint's payload (a pipe): the same failover rule
+                if self.checkpoint < 2:
+                    raise
+                self._item(LTruncated(e.offset, self.checkpoint, e))
             if self.hdr is None:
                 raise ConversionError(0, "expected a legacy stream, found none")
             self._finish()
@@ -534,8 +550,8 @@ class Converter:
             width = o.width or o.width_hint
             if width is None or o.guest is None:
                 raise ConversionError(item.offset, "expected a legacy stream, found bytes that "
-                                      "match no legacy layout (give --width and --guest-type "
-                                      "to force one)")
+                                      "match no legacy layout" + self._hint(
+                                          " (give --width and --guest-type to force one)"))
             lo.width, lo.guest = width, o.guest
             self.warn(f"the stream's layout is not recognised: reading it as a "
                       f"{width * 8}-bit-toolstack {o.guest.upper()} stream as given")
@@ -548,15 +564,16 @@ class Converter:
         elif o.guest and o.guest != g.guest:
             if not o.force:
                 raise ConversionError(item.offset, f"the guest type given ({o.guest}) contradicts "
-                                      f"the stream, which is {g.guest.upper()} (use --force to "
-                                      "convert it as given)")
+                                      f"the stream, which is {g.guest.upper()}" + self._hint(
+                                          " (use --force to convert it as given)"))
             self.warn(f"converting as {o.guest.upper()} as forced; the stream looks "
                       f"{g.guest.upper()}")
         if o.width and o.width != g.width:
             if not o.force:
                 raise ConversionError(item.offset, f"the width given ({o.width * 8}) contradicts "
                                       f"the stream, which was saved by a {g.width * 8}-bit "
-                                      "toolstack (use --force to convert it as given)")
+                                      "toolstack" + self._hint(
+                                          " (use --force to convert it as given)"))
             self.warn(f"converting with a {o.width * 8}-bit width as forced; the stream looks "
                       f"{g.width * 8}-bit")
         if o.width_hint and o.width_hint != g.width and not o.width:
@@ -574,7 +591,7 @@ class Converter:
             self.fmt = o.out_format
         else:
             self.fmt = "libxl" if self.envelope in ("xl", "libvirt", "xend") else "libxc"
-        if (o.keep_envelope and self.envelope in ("xl", "libvirt", "xend")
+        if (o.keep_envelope and not o.upstream_xl and self.envelope in ("xl", "libvirt", "xend")
                 and self.fmt != "libxl"):
             raise ConversionError(h.offset, f"a {self.envelope} image needs a libxl stream "
                                   "inside; --format libxc applies to bare legacy streams only")
@@ -618,14 +635,28 @@ class Converter:
         from xenstream.writer import libvirt_header, xl_header
 
         if not self.opts.keep_envelope:
+            if self.envelope in ("libvirt", "xend"):
+                what = "domain XML" if self.envelope == "libvirt" else "SXP configuration"
+                self.warn(f"the {self.envelope} header and its {what} are not carried into the "
+                          "bare output stream (xenstream convert keeps them)")
             return
         if self.envelope == "xl":
             assert self.xl_hdr is not None
             f = self.xl_hdr.fields
-            cfg = self.xl_cfg.config if self.xl_cfg is not None else None
-            xl_header(self.out, cfg,  # type: ignore[arg-type]
-                      mandatory_flags=f["mandatory_flags"] | xl.MANDATORY_FLAG_STREAMV2,
-                      optional_flags=f["optional_flags"])
+            flags = f["mandatory_flags"]
+            if self.fmt == "libxl":
+                flags |= xl.MANDATORY_FLAG_STREAMV2
+            # the optional data (configuration and anything after it) verbatim
+            opt = self.xl_cfg.raw if self.xl_cfg is not None else b""
+            if opt is None:
+                raise ConversionError(self.xl_cfg.offset if self.xl_cfg else 0,
+                                      "the xl optional data is too large to carry over")
+            self.out.write(xl.MAGIC)
+            self.out.write(xl.HDR.pack(self.xl_hdr.endian, byteorder=f["byteorder"],
+                                       mandatory_flags=flags,
+                                       optional_flags=f["optional_flags"],
+                                       optional_data_len=len(opt)))
+            self.out.write(opt)
         elif self.envelope == "libvirt":
             assert self.libvirt_hdr is not None
             xml_data = self.libvirt_xml or b""
@@ -724,7 +755,7 @@ class Converter:
             if not self.opts.drop_tmem:
                 raise ConversionError(c.offset, "the guest used tmem (transcendent memory), which "
                                       "left Xen in 4.13: no current Xen can restore its tmem "
-                                      "pages (--drop-tmem converts without them)")
+                                      "pages" + self._hint(" (--drop-tmem converts without them)"))
             self.warn(f"dropped the guest's tmem state ({c.name}, {c.value or 0} pages): the "
                       "guest loses those pages")
         elif cid == legacy.CHUNK_TOOLSTACK:
@@ -789,10 +820,14 @@ class Converter:
             raise ConversionError(self.src.pos, "a compressed Remus stream can only be converted "
                                   "to a regular file (its pages must be read back)")
         self.state = _PageState(self._tmpdir())
-        from xenstream.errors import TruncatedError
         from xenstream.parser import Parser as P
 
-        src = Source(self.out.fd)
+        try:  # the output may be open write-only (a shell redirection)
+            rfd = os.open(f"/proc/self/fd/{self.out.fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            raise ConversionError(self.src.pos, "a compressed Remus stream needs an output that "
+                                  "can be read back (its pages are decoded against them)") from None
+        src = Source(rfd, close_fd=True)
         src.pos = src.start = 0
         src.size = self.out.pos
         try:
@@ -806,6 +841,8 @@ class Converter:
                             self.state.put(ent & libxc.PAGE_DATA_PFN_MASK, rec.read(PAGE))
         except TruncatedError:
             pass  # the output so far ends here, mid-stream
+        finally:
+            src.close()
 
     def _qemu(self, q: LQemu) -> None:
         """The device-model record is staged until its checkpoint completes."""

@@ -605,6 +605,10 @@ class LegacyParser:
         if not self.compressing:
             n_data = sum(1 for e in entries
                          if ((e & PFINFO_TYPE_MASK) >> PFINFO_TYPE_SHIFT) not in NO_DATA_TYPES)
+        rem = self.src.remaining()
+        if rem is not None and n_data * PAGE_SIZE > rem:
+            raise TruncatedError(self.pos, n_data * PAGE_SIZE, rem, what="legacy page batch",
+                                 layer=LAYER)
         b = LBatch(at, n, entries, n_data, number)
         b._init_payload(self.src, n_data * PAGE_SIZE)
         return b
@@ -728,7 +732,7 @@ class LegacyParser:
                 q = LQemu(at, sig + nxt, "xenserver", length, sig + nxt + raw, number)
             else:
                 # xend: the data runs to the end of the input
-                self._pre = nxt + self._pre
+                self.src.unread(nxt)
                 q = LQemu(at, sig, "xend", None, sig, number)
                 self._stop_after_tail = True
                 rem = self.src.remaining()

@@ -68,7 +68,7 @@ class Header:
 
 
 class XlConfig:
-    __slots__ = ("offset", "optional_data_len", "config_len", "config")
+    __slots__ = ("offset", "optional_data_len", "config_len", "config", "raw")
     layer = LAYER_XL
 
     def __init__(self, offset: int, optional_data_len: int, config_len: Optional[int],
@@ -77,6 +77,7 @@ class XlConfig:
         self.optional_data_len = optional_data_len
         self.config_len = config_len  # None: optional data shorter than 4 bytes
         self.config = config  # None when absent or too large to hold
+        self.raw: Optional[bytes] = None  # the whole optional data, when held
 
     @property
     def what(self) -> str:
@@ -441,7 +442,8 @@ class Parser:
         more = b""
         if kind is None:
             more = src.read_upto(8)
-            if legacy.sniff(head + more) is not None:
+            lo = self.legacy_options
+            if legacy.sniff(head + more) is not None or (lo.width and lo.guest):
                 kind = "legacy"
         forced = self.format
         if forced and kind != forced:
@@ -661,17 +663,25 @@ class Parser:
             raise TruncatedError(at, odl, rem, what="header (xl optional data)", layer=LAYER_XL,
                                  message=f"expected {odl} bytes of optional data "
                                  f"(optional_data_len), found end of stream after {rem}")
-        left = odl
-        if odl >= 4:
+        opt: Optional[bytes] = None
+        if odl <= XL_CONFIG_MAX:
+            opt = src.read(odl, what="header (xl optional data)", layer=LAYER_XL)
+            if odl >= 4:
+                clen = int.from_bytes(opt[:4], "little" if endian == "<" else "big")
+                if clen <= odl - 4:
+                    cfg = opt[4:4 + clen]
+        else:
+            left = odl
             clen = int.from_bytes(src.read(4, what="header (xl optional data)", layer=LAYER_XL),
                                   "little" if endian == "<" else "big")
             left -= 4
             if clen <= left and clen <= XL_CONFIG_MAX:
                 cfg = src.read(clen, what="header (xl optional data)", layer=LAYER_XL)
                 left -= clen
-        if left:
             src.skip(left, what="header (xl optional data)", layer=LAYER_XL)
-        yield XlConfig(at, odl, clen, cfg)
+        item = XlConfig(at, odl, clen, cfg)
+        item.raw = opt
+        yield item
         if fields["mandatory_flags"] & xl.MANDATORY_FLAG_STREAMV2:
             h2 = src.read_upto(8)
             if len(h2) < 8:

@@ -92,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     opts = ConvertOptions(
         out_format=args.format, width_hint=int(args.twidth) // 8 if args.twidth else None,
-        guest=args.gtype, skip_qemu=args.skip_qemu, xl=args.xl, keep_envelope=False)
+        guest=args.gtype, skip_qemu=args.skip_qemu, xl=args.xl, keep_envelope=args.xl,
+        upstream_xl=True, hints=False)
     with src:
         try:
             out = open_output(args.fout, src, allow_bare_fd=True)
