@@ -372,7 +372,6 @@ class Parser:
         self.state = ParseState()
         self._index = 0
         self.detected: Optional[str] = None
-        self._pushed: Optional[Tuple[int, bytes]] = None
         #: set by a consumer to receive PAGE_DATA runs in bulk (seekable input)
         self.page_filter: Optional[PageFilter] = None
         #: read legacy payloads item by item (False: stop at the Legacy marker)
@@ -384,10 +383,6 @@ class Parser:
 
     def _rh(self, endian: str, layer: str = LAYER_LIBXC) -> Optional[Tuple[int, int]]:
         """Read a record header as (type, length); None at a clean EOF."""
-        if self._pushed is not None:
-            raw = self._pushed[1]
-            self._pushed = None
-            return _RH[endian].unpack(raw)  # type: ignore[return-value]
         at = self.src.pos
         raw = self.src.read_upto(8)
         if len(raw) != 8:
@@ -796,11 +791,11 @@ class Parser:
                                         layer=LAYER_LIBXC), endian)
         yield Header(LAYER_LIBXC, "libxc domain header", at, libxc.DHDR.size, dh, endian)
         while True:
-            if self.page_filter is not None and self._pushed is None and src.seekable:
+            if self.page_filter is not None and src.seekable:
                 run = self._page_run(endian, self.page_filter)
                 if run is not None:
                     yield run
-            at = self._pushed[0] if self._pushed else src.pos
+            at = src.pos
             rh = self._rh(endian)
             if rh is None:
                 if st.checkpoints and not st.in_checkpoint:
@@ -926,29 +921,24 @@ class Parser:
         # type 5 (X86_PV_VCPU_EXTENDED) is at least 8 bytes long, a
         # CHECKPOINT_STATE 4 (0 in a broken one), so the length tells them apart.
         at = src.pos
-        raw = src.read_upto(8)
-        if not raw:
+        rh_xl = self._rh(endian, LAYER_LIBXL)
+        if rh_xl is None:
             yield EndOfInput(at, LAYER_LIBXL)
             return True
-        if len(raw) != 8:
-            raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header",
-                                 layer=LAYER_LIBXL)
-        rh_xl = _RH[endian].unpack(raw)
         if rh_xl[0] == libxl.REC_TYPE_CHECKPOINT_STATE and rh_xl[1] < 8:
             st.colo = True
             rec = self._record(LAYER_LIBXL, rh_xl, at, endian)
             yield rec
             rec.finish()
             at = src.pos
-            raw = src.read_upto(8)
-            if not raw:
+            nxt = src.read_upto(1)
+            if not nxt:
                 yield EndOfInput(at, LAYER_LIBXL)
                 return True
-            if len(raw) != 8:
-                raise TruncatedError(at, 8, len(raw), what=f"record #{self._index} header",
-                                 layer=LAYER_LIBXL)
-        # the header belongs to the next libxc record: hand it back
-        self._pushed = (at, raw)
+            src.unread(nxt)
+        else:
+            # the header belongs to the next libxc record: hand it back
+            src.unread(_RH[endian].pack(*rh_xl))
         return False
 
 

@@ -154,6 +154,10 @@ class Verifier:
             at, layer, what = it.offset, it.layer, it.what
             if isinstance(it, (Record, Frame)):
                 index, rtype = it.index, it.name
+            elif isinstance(it, PageRun):
+                # about the first record of the run
+                index, rtype = it.first_index, it.name
+                what = f"record #{it.first_index} ({it.name})"
         else:
             at, layer, what = c.offset, c.layer, c.what
             index, rtype = c.index, c.rtype
@@ -300,6 +304,7 @@ class Verifier:
         chk = self.libxc
         assert chk is not None
         s = chk.s
+        self._after_libxl()
         self.records += run.records
         self.counts[(LAYER_LIBXC, libxc.REC_TYPE_PAGE_DATA)] += run.records
         self.since_checkpoint += run.records
@@ -327,17 +332,22 @@ class Verifier:
         else:
             self.parser.page_filter = PageFilter()
 
-    def _libxc_record(self, rec: Record) -> None:
-        chk = self.libxc
-        assert chk is not None
+    def _after_libxl(self) -> None:
+        """A libxc record (or run) follows: COLO's CHECKPOINT_STATE must have
+        come between CHECKPOINT_END and it."""
         st = self.parser.state
-        # COLO: every checkpoint after the first starts with CHECKPOINT_STATE
         if (st.colo and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END
                 and self.since_checkpoint == 0 and st.checkpoint_ends):
             self.report(ERROR, "colo-checkpoint-state-missing", RESTORE, False,
                         "expected CHECKPOINT_STATE after CHECKPOINT_END in a COLO stream, found "
                         "a libxc record")
         self.last_libxl = None
+
+    def _libxc_record(self, rec: Record) -> None:
+        chk = self.libxc
+        assert chk is not None
+        st = self.parser.state
+        self._after_libxl()
         rtype = rec.rtype
         body: Optional[bytes] = None
         known = rtype in libxc.RECORD_NAMES
