@@ -17,7 +17,7 @@ import os
 import stat
 import struct
 import tempfile
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
 from xenstream import hvm, legacy, libxc, libxl, xl
 from xenstream.errors import FormatError, TruncatedError, XenstreamError
@@ -40,7 +40,9 @@ from xenstream.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
 
 CONVERTER_VERSION = 1  # written as the domain header's xen_minor (xen_major 0)
 PAGE = 4096
-COPY_CHUNK = 8 << 20
+COPY_CHUNK = 1 << 20
+OUT_BUFFER = 256 << 10  # gathered output written in chunks of this size
+SMALL_COPY = 64 << 10  # payloads up to this size go through the output buffer
 
 Log = Callable[[str, str], None]  # (level "info"|"warning", message)
 
@@ -70,6 +72,9 @@ class Sink:
         self.fd = fd
         self.pos = 0
         self._buf: Optional[bytearray] = None
+        #: small writes and small page payloads gather here, written in big chunks
+        self._out = bytearray()  # allocated on first use (OUT_BUFFER + SMALL_COPY)
+        self._n = 0
         self.regular = False
         self.pipe = False
         if fd is not None:
@@ -79,19 +84,48 @@ class Sink:
             if self.regular:
                 self.pos = os.lseek(fd, 0, os.SEEK_CUR)
         self.kernel_copies = 0
+        self._cfr_ok = True
+        self._sendfile_ok = True
 
     def write(self, data: bytes) -> int:
         n = len(data)
         if self.fd is not None and n:
-            view = memoryview(data)
-            while view:
-                w = os.write(self.fd, view)
-                view = view[w:]
+            if not self._out:
+                self._out = bytearray(OUT_BUFFER + SMALL_COPY)
+            if self._n + n > len(self._out):
+                self.flush()
+                if n > len(self._out):
+                    self._write_all(data)
+                    self.pos += n
+                    return n
+            self._out[self._n : self._n + n] = data
+            self._n += n
+            if self._n >= OUT_BUFFER:
+                self.flush()
         self.pos += n
         return n
 
+    def _write_all(self, data: Any) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            w = os.write(self.fd, view)
+            view = view[w:]
+
+    def flush(self) -> None:
+        """Write out what :meth:`write` gathered."""
+        if self.fd is not None and self._n:
+            with memoryview(self._out) as mv:
+                self._write_all(mv[: self._n])
+            self._n = 0
+
+    def discard(self) -> None:
+        """Forget what was gathered and not yet written."""
+        self._n = 0
+
     def copy_from(self, src: Source, n: int, what: str) -> None:
-        """Move ``n`` bytes from ``src`` (consuming them) to the output."""
+        """Move ``n`` bytes from ``src`` (consuming them) to the output: small
+        payloads through the reusable output buffer, large ones by the kernel."""
         if n <= 0:
             return
         at = src.pos
@@ -99,6 +133,21 @@ class Sink:
             src.skip(n, what=what, layer="legacy")
             self.pos += n
             return
+        if n <= SMALL_COPY:
+            if not self._out:
+                self._out = bytearray(OUT_BUFFER + SMALL_COPY)
+            if self._n + n > len(self._out):
+                self.flush()
+            with memoryview(self._out) as mv:
+                got = src.readinto(mv[self._n : self._n + n])
+            if got != n:
+                raise TruncatedError(at, n, got, what=what, layer="legacy")
+            self._n += n
+            self.pos += n
+            if self._n >= OUT_BUFFER:
+                self.flush()
+            return
+        self.flush()
         left = n
         pb = src.take_pushback(left)
         if pb:
@@ -115,21 +164,32 @@ class Sink:
             if self._buf is None:
                 self._buf = bytearray(COPY_CHUNK)
             view = memoryview(self._buf)[: min(left, COPY_CHUNK)]
-            got = _readinto(src, view)
+            got = src.readinto(view)
             if not got:
-                from xenstream.errors import TruncatedError
-
                 raise TruncatedError(src.pos, left, n - left, what=what, layer="legacy")
-            self.write(view[:got].tobytes() if got != len(view) else view.tobytes())
+            self._write_all(view[:got])
+            self.pos += got
             left -= got
         del at
 
     def _copy_seekable(self, src: Source, left: int) -> int:
+        """copy_file_range to a regular file (it fails across filesystems on
+        older kernels), else sendfile, which takes any output on Linux."""
         assert self.fd is not None
-        if self.regular and hasattr(os, "copy_file_range"):
+        fd = self.fd
+        ways = []
+        if self.regular and self._cfr_ok and hasattr(os, "copy_file_range"):
+            ways.append("cfr")
+        if self._sendfile_ok:
+            ways.append("sendfile")
+        for way in ways:
             try:
                 while left:
-                    w = os.copy_file_range(src.fd, self.fd, min(left, 1 << 30), src.pos)
+                    n = min(left, 1 << 30)
+                    if way == "cfr":
+                        w = os.copy_file_range(src.fd, fd, n, src.pos)
+                    else:
+                        w = os.sendfile(fd, src.fd, src.pos, n)
                     if w <= 0:
                         break
                     src.pos += w
@@ -138,20 +198,10 @@ class Sink:
                     self.kernel_copies += 1
                 return left
             except OSError:
-                pass
-        if not self.regular:
-            try:
-                while left:
-                    w = os.sendfile(self.fd, src.fd, src.pos, min(left, 1 << 30))
-                    if w <= 0:
-                        break
-                    src.pos += w
-                    self.pos += w
-                    left -= w
-                    self.kernel_copies += 1
-                return left
-            except OSError:
-                pass
+                if way == "cfr":
+                    self._cfr_ok = False
+                else:
+                    self._sendfile_ok = False
         return left
 
     def _splice(self, src: Source, left: int) -> int:
@@ -171,12 +221,6 @@ class Sink:
         return left
 
 
-def _readinto(src: Source, view: memoryview) -> int:
-    data = src.read_upto(len(view))
-    view[: len(data)] = data
-    return len(data)
-
-
 class _Staging:
     """A temporary file (mode 0600, unlinked at once) that stages a later
     Remus checkpoint until it is known to be complete."""
@@ -189,11 +233,13 @@ class _Staging:
         self.sink.regular = True
 
     def reset(self) -> None:
+        self.sink.discard()
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.sink.pos = 0
 
     def flush_to(self, out: Sink) -> None:
+        self.sink.flush()
         n = self.sink.pos
         stage_src = Source(self.fd)
         stage_src.pos = 0
@@ -683,6 +729,10 @@ class Converter:
     def _batch(self, b: LBatch) -> None:
         hdr = self.hdr
         assert hdr is not None
+        if b.notab and not (self.parser.legacy_parser is not None
+                            and self.parser.legacy_parser.compressing):
+            self._page_data(b, b.entries, notab=True)  # the hot path: plain pfns
+            return
         keep: List[int] = []
         for e in b.entries:
             if e == legacy.XTAB_NO_PFN:
@@ -703,29 +753,28 @@ class Converter:
             return
         self._page_data(b, keep)
 
-    def _page_data(self, b: LBatch, keep: List[int]) -> None:
+    def _page_data(self, b: LBatch, keep: Sequence[int], notab: bool = False) -> None:
         if not keep:
             return
-        words = [((e & legacy.PFINFO_TYPE_MASK) << 32) | (e & legacy.PFINFO_PFN_MASK)
-                 for e in keep]
+        # v2 words: the type moves from bits 28-31 to 60-63 (a plain pfn is unchanged)
+        words = keep if notab else [
+            ((e & legacy.PFINFO_TYPE_MASK) << 32) | (e & legacy.PFINFO_PFN_MASK) for e in keep]
         n_data = b.n_data
         body_hdr = libxc.PAGE_DATA_HDR.pack("<", count=len(words), _res1=0)
         arr = struct.pack(f"<{len(words)}Q", *words)
         length = 8 + 8 * len(words) + PAGE * n_data
+        # The record's rules, checked here rather than by the generic checker
+        # (this is the hot path): types were checked by _batch, the count is
+        # 1..1024, the length follows from the types; what is left is the PV
+        # pfn range (the p2m written from p2m_size) and the legacy pfn field.
+        hdr = self.hdr
+        assert hdr is not None
+        top = max(keep) if notab else max(e & legacy.PFINFO_PFN_MASK for e in keep)
+        if hdr.guest == "pv" and top >= hdr.p2m_size:
+            raise ConversionError(b.offset, f"expected pfns below p2m_size {hdr.p2m_size:#x}, "
+                                  f"found {top:#x}")
         sink = self._pages_sink()
-        sink.write(struct.pack("<II", libxc.REC_TYPE_PAGE_DATA, length))
-        sink.write(body_hdr + arr)
-        if self.libxc_checker is not None:
-            pre = body_hdr + arr
-            pos = [0]
-
-            def read_prefix(n: int) -> bytes:
-                d = pre[pos[0] : pos[0] + n]
-                pos[0] += n
-                return d
-
-            self.libxc_checker.record(libxc.REC_TYPE_PAGE_DATA, length, None, read_prefix)
-            self._check_findings()
+        sink.write(struct.pack("<II", libxc.REC_TYPE_PAGE_DATA, length) + body_hdr + arr)
         sink.copy_from(self.src, PAGE * n_data, b.what)
         b._left = 0
         self.res.pages += n_data
@@ -822,6 +871,7 @@ class Converter:
         self.state = _PageState(self._tmpdir())
         from xenstream.parser import Parser as P
 
+        self.out.flush()
         try:  # the output may be open write-only (a shell redirection)
             rfd = os.open(f"/proc/self/fd/{self.out.fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
@@ -929,6 +979,7 @@ class Converter:
             # libxc output: keep the qemu record after the stream, as upstream does
             self.out.write(self.qemu_header)
             self.qemu_stage.flush_to(self.out)
+        self.out.flush()
         self.res.envelope = self.envelope
         self.res.output = self._describe()
 
@@ -986,6 +1037,7 @@ class Converter:
                 ehdr = libxl.EMULATOR_HDR.pack("<", id=libxl.EMULATOR_UNKNOWN, index=0)
                 self.out.write(struct.pack("<II", libxl.REC_TYPE_EMULATOR_CONTEXT, 8 + n))
                 self.out.write(ehdr)
+                self.qemu_stage.sink.flush()
                 head = os.pread(self.qemu_stage.fd, 64, 0)
                 self.qemu_stage.flush_to(self.out)
                 self.out.write(b"\0" * ((-(8 + n)) & 7))

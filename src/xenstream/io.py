@@ -226,6 +226,39 @@ class Source:
         self._win = tail
         self._win_start = pos
 
+    def readinto(self, view: memoryview) -> int:
+        """Consume up to ``len(view)`` bytes into ``view`` (one copy: from the
+        window when it holds them, else straight from the OS); fewer only at
+        the end of the stream."""
+        n = len(view)
+        got = 0
+        if self._pushback:
+            pb = self.take_pushback(n)
+            view[: len(pb)] = pb
+            got = len(pb)
+        if self.seekable:
+            off = self.pos - self._win_start
+            if got == 0 and off >= 0 and off + n <= len(self._win):
+                view[:] = self._win[off : off + n]
+                self.pos += n
+                return n
+            while got < n:
+                k = os.preadv(self.fd, [view[got:]], self.pos)
+                if k <= 0:
+                    break
+                self.bytes_read += k
+                self.pos += k
+                got += k
+            return got
+        while got < n:
+            k = os.readv(self.fd, [view[got:]])
+            if k <= 0:
+                break
+            self.bytes_read += k
+            self.pos += k
+            got += k
+        return got
+
     def read(self, n: int, *, what: str = "", layer: str = "") -> bytes:
         """Consume exactly ``n`` bytes or raise :class:`TruncatedError`."""
         at = self.pos

@@ -227,7 +227,7 @@ class LBatch(_Lazy):
     """A page batch: ``entries`` are the raw pfn_type words; the page data
     (``n_data`` pages, none in a compressed checkpoint) follows in the input."""
 
-    __slots__ = ("count", "entries", "n_data", "checkpoint")
+    __slots__ = ("count", "entries", "n_data", "checkpoint", "notab")
     kind = "page batch"
 
     def __init__(self, offset: int, count: int, entries: Tuple[int, ...], n_data: int,
@@ -237,6 +237,8 @@ class LBatch(_Lazy):
         self.entries = entries
         self.n_data = n_data
         self.checkpoint = checkpoint
+        #: every entry is a plain pfn (type NOTAB, no other bits)
+        self.notab = False
 
 
 class LChunk(_Lazy):
@@ -602,7 +604,12 @@ class LegacyParser:
                               "legacy-batch-size")
         entries = self._ulongs(n, "legacy page batch (pfn types)")
         n_data = 0
-        if not self.compressing:
+        notab = max(entries) <= PFINFO_PFN_MASK  # the common case: no type bits at all
+        if self.compressing:
+            pass
+        elif notab:
+            n_data = n
+        else:
             n_data = sum(1 for e in entries
                          if ((e & PFINFO_TYPE_MASK) >> PFINFO_TYPE_SHIFT) not in NO_DATA_TYPES)
         rem = self.src.remaining()
@@ -610,6 +617,7 @@ class LegacyParser:
             raise TruncatedError(self.pos, n_data * PAGE_SIZE, rem, what="legacy page batch",
                                  layer=LAYER)
         b = LBatch(at, n, entries, n_data, number)
+        b.notab = notab
         b._init_payload(self.src, n_data * PAGE_SIZE)
         return b
 
