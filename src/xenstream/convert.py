@@ -17,11 +17,11 @@ import os
 import stat
 import struct
 import tempfile
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from xenstream import hvm, legacy, libxc, libxl, xl
-from xenstream.errors import FormatError, TruncatedError, XenstreamError
-from xenstream.findings import ERROR, WARNING
+from xenstream import legacy, libxc, libxl, xl
+from xenstream.errors import TruncatedError, XenstreamError
+from xenstream.findings import ERROR
 from xenstream.io import Source
 from xenstream.legacy import (
     LBatch,
@@ -1071,8 +1071,3 @@ def is_qemu_traditional(head: bytes) -> bool:
     """qemu-traditional's save files are QEVM version 2 (QEMU 0.10); upstream
     QEMU writes version 3."""
     return head[:4] == b"QEVM" and head[4:8] == b"\0\0\0\2"
-
-
-__all__ = ["Converter", "ConvertOptions", "ConvertResult", "ConversionError", "Sink",
-           "decode_page", "parse_physmap", "physmap_xenstore", "hvm", "BinaryIO", "WARNING",
-           "FormatError"]

@@ -211,13 +211,6 @@ class Source:
         self.pos += len(data)
         return data
 
-    def fetch_at(self, pos: int, n: int) -> bytes:
-        """Seekable input only: up to ``n`` bytes at ``pos`` (fewer only at end
-        of file), read with one ``pread``; nothing is consumed."""
-        data = os.pread(self.fd, n, pos)
-        self.bytes_read += len(data)
-        return data
-
     def advance_to(self, pos: int, tail: bytes = b"") -> None:
         """Seekable input only: consume up to ``pos`` (checked by the caller
         to lie within the file).  ``tail``, bytes already fetched at ``pos``,
@@ -284,12 +277,6 @@ class Source:
         self.pos += len(data)
         return data
 
-    def peek_eof(self) -> bool:
-        """True when no byte is left.  Only answerable without reading on
-        seekable input; on a pipe this returns False (the caller reads and
-        handles a short read instead)."""
-        return self.size is not None and self.pos >= self.size
-
     def skip(self, n: int, *, what: str = "", layer: str = "") -> None:
         """Consume ``n`` bytes without keeping them.
 
@@ -351,16 +338,3 @@ class Source:
             left -= got
         return left, False
 
-    def copy_to(self, out_fd: int, n: int, *, what: str = "", layer: str = "") -> None:
-        """Move ``n`` bytes to ``out_fd`` (used by the writer and converter)."""
-        at = self.pos
-        left = n
-        while left:
-            data = self.read_upto(min(left, DISCARD_CHUNK))
-            if not data:
-                raise TruncatedError(at, n, n - left, what=what, layer=layer)
-            view = memoryview(data)
-            while view:
-                w = os.write(out_fd, view)
-                view = view[w:]
-            left -= len(data)

@@ -195,15 +195,6 @@ def p2m_frames_length(start_pfn: int, end_pfn: int, width: int) -> int:
     return 8 + 8 * ((end_pfn // fpp + 1) - start_pfn // fpp)
 
 
-def page_data_length(types: List[int]) -> int:
-    """Body length of a PAGE_DATA record carrying entries of these types."""
-    n_data = sum(1 for t in types if t not in NO_DATA_PAGE_TYPES)
-    return 8 + 8 * len(types) + PAGE_SIZE * n_data
-
-
-
-# Byte tables for scanning pfn arrays without a Python loop per entry: the
-# type lives in the top nibble of an entry's most significant byte.
 T_BAD = _T_BAD = bytes(0 if (b >> 4) in KNOWN_PAGE_TYPES else 1 for b in range(256))
 T_DATA = _T_DATA = bytes(1 if (b >> 4) in KNOWN_PAGE_TYPES and (b >> 4) not in NO_DATA_PAGE_TYPES
                 else 0 for b in range(256))

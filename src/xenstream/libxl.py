@@ -103,11 +103,6 @@ def iter_xenstore_data(chunks: Iterable[bytes]) -> Iterator[Tuple[int, bytes, Op
             yield base, carry[:k_end], None, "expected a NUL-terminated value after the key, found end of record"
 
 
-def parse_xenstore_data(data: bytes) -> List[Tuple[bytes, bytes]]:
-    """All (key, value) pairs of complete, well-formed data."""
-    return [(k, v) for _, k, v, e in iter_xenstore_data([data]) if e is None and v is not None]
-
-
 class LibxlState:
     def __init__(self) -> None:
         self.endian = "<"

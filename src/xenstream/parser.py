@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
+from typing import Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
 from xenstream import legacy, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.errors import FormatError, LimitError, TruncatedError
@@ -942,5 +942,3 @@ class Parser:
         return False
 
 
-def describe_item(item: Any) -> str:
-    return str(getattr(item, "what", repr(item)))

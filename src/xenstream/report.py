@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from xenstream.findings import ERROR, WARNING
+from xenstream.legacy import LBatch
 from xenstream.parser import (
     EndOfInput,
     EnvelopeData,
@@ -140,7 +141,7 @@ class RecordPrinter:
             self.emit(f"{item.offset:#012x}  {item.layer:<6} #{item.first_index:<5} "
                       f"{'PAGE_DATA':<24} {item.records} records, {item.pages} pages")
             return
-        if type(item).__name__ == "LBatch":
+        if isinstance(item, LBatch):
             n = getattr(item, "n_data", 0)
             if self._run is not None and self._run.name == "legacy batch":
                 self._run_n += 1

@@ -16,7 +16,7 @@ from xenstream import xenopsd as xenopsd_mod
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.io import Source
-from xenstream.legacy import LegacyChecker
+from xenstream.legacy import LBatch, LChunk, LegacyChecker, LHeader, LQemu
 from xenstream.libvirt import LibvirtChecker
 from xenstream.libxc import LibxcChecker
 from xenstream.libxl import LibxlChecker
@@ -432,7 +432,7 @@ class Verifier:
 
     def _legacy_item(self, item: Any) -> None:
         assert self.legacy_checker is not None
-        if type(item).__name__ in ("LBatch", "LChunk", "LQemu", "LHeader"):
+        if isinstance(item, (LBatch, LChunk, LQemu, LHeader)):
             self.records += 1
             self.counts[("legacy", _legacy_key(item))] += 1
         self.legacy_checker.item(item)
@@ -562,9 +562,9 @@ class Verifier:
 
 
 def _legacy_key(item: Any) -> int:
-    if type(item).__name__ == "LChunk":
+    if isinstance(item, LChunk):
         return int(item.cid)
-    return {"LBatch": 1, "LQemu": 2, "LHeader": 3}[type(item).__name__] << 16
+    return (1 if isinstance(item, LBatch) else 2 if isinstance(item, LQemu) else 3) << 16
 
 
 def _legacy_name(key: int) -> str:
