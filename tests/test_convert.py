@@ -1184,3 +1184,23 @@ def test_fixture_physmap_64bit_layout(tmp_path: Path) -> None:
                                   b"physmap/fc000/start_addr\0abcdef000\0"
                                   b"physmap/fc000/size\x0010\0")
     check_valid(c.path)
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_pre31_pv_in_xl_file_takes_guest_type_from_config(tmp_path: Path, width: int) -> None:
+    """A PV stream without extended info starts like an HVM one; the xl
+    config's c_info.type decides, as the toolstack's own flag did."""
+    src = tmp_path / "old.xl"
+    with open(src, "wb") as f:
+        exp = write_legacy(f, LegacySpec(guest="pv", ext_info=False, envelope="xl", width=width,
+                                         guest_width=width))
+    with Source.open(str(src)) as s:
+        res = verify(s)
+    assert res.valid and res.summary["guest_type"] == "pv", [f.message for f in res.findings]
+    out = tmp_path / "new.xl"
+    p = subprocess.run(["xenstream", "convert", "-q", str(src), str(out)], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    img = read_v2(str(out))
+    assert img.pv_info == (width, 4 if width == 8 else 3)
+    assert img.pages == exp.pages

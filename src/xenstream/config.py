@@ -75,3 +75,26 @@ def find_config(src: Source, *, format: Optional[str] = None) -> Optional[Embedd
         else:
             return None  # a record, a legacy payload: past any configuration
     return None
+
+
+def guest_type_of(kind: str, data: bytes) -> Optional[str]:
+    """'pv' or 'hvm' as a configuration of ``kind`` says, if it says."""
+    try:
+        if kind == "xl-json":
+            doc = json.loads(data.rstrip(b"\0").decode("utf-8"))
+            t = doc.get("c_info", {}).get("type") if isinstance(doc, dict) else None
+            return None if not isinstance(t, str) else ("pv" if t.lower() == "pv" else "hvm")
+        if kind == "libvirt-xml":
+            import xml.etree.ElementTree as ET
+
+            node = ET.fromstring(data.rstrip(b"\0")).find("os/type")
+            t = (node.text or "").strip().lower() if node is not None else ""
+            return {"hvm": "hvm", "xen": "pv", "linux": "pv", "xenpvh": "hvm"}.get(t)
+        if kind == "xend-sxp":
+            from xenstream.sexp import parse_sxp
+            from xenstream.xend import guest_type
+
+            return guest_type(parse_sxp(data.decode("utf-8", "replace").rstrip("\0")))
+    except Exception:  # noqa: BLE001 - an unreadable config says nothing
+        return None
+    return None

@@ -563,6 +563,17 @@ class Converter:
                                   f"expected a legacy stream, found {kind}: this image is "
                                   "already in the v2 format (nothing to convert)")
 
+    def _config_guest(self) -> Optional[str]:
+        from xenstream.config import guest_type_of
+
+        if self.xl_cfg is not None and self.xl_cfg.config:
+            return guest_type_of("xl-json", self.xl_cfg.config)
+        if self.libvirt_xml:
+            return guest_type_of("libvirt-xml", self.libvirt_xml)
+        if self.res.sxp:
+            return guest_type_of("xend-sxp", self.res.sxp)
+        return None
+
     def _header(self, h: Header) -> None:
         if h.kind == "xl header":
             self.envelope = "xl"
@@ -602,7 +613,12 @@ class Converter:
             self.warn(f"the stream's layout is not recognised: reading it as a "
                       f"{width * 8}-bit-toolstack {o.guest.upper()} stream as given")
             return
-        if o.guest == "pv" and g.guest == "hvm" and not g.certain:
+        cfg_guest = self._config_guest()
+        if o.guest is None and cfg_guest == "pv" and g.guest == "hvm" and not g.certain:
+            lo.guest = "pv"
+            self.info("reading the stream as PV without extended info (pre-3.1 layout), as the "
+                      "image's configuration says")
+        elif o.guest == "pv" and g.guest == "hvm" and not g.certain:
             # a PV stream without extended info (pre-3.1) starts like an HVM one
             lo.guest = "pv"
             self.info("reading the stream as PV without extended info (pre-3.1 layout), "

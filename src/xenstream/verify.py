@@ -410,7 +410,13 @@ class Verifier:
         if self.libvirt is not None:
             self._libvirt_payload("legacy")
         cfg = self._config_guest()
-        if cfg is not None and item.guess is not None:
+        if (cfg is not None and cfg[0] == "pv" and item.guess is not None
+                and item.guess.guest == "hvm" and not item.guess.certain):
+            # a PV stream without extended info (pre-3.1) starts like an HVM one:
+            # the configuration decides, as the toolstack did
+            self.parser.legacy_options.guest = "pv"
+            item.guess.guest = "pv"
+        elif cfg is not None and item.guess is not None:
             want = "pv" if cfg[0] == "pv" else "hvm"
             if want != item.guess.guest:
                 self.report(ERROR, "guest-type-mismatch", RESTORE, False,
