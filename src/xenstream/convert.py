@@ -41,6 +41,17 @@ from xenstream.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
 CONVERTER_VERSION = 1  # written as the domain header's xen_minor (xen_major 0)
 PAGE = 4096
 COPY_CHUNK = 1 << 20
+_PAGE_DATA_HEAD = struct.Struct("<IIII")
+_PFN_STRUCTS: Dict[int, struct.Struct] = {}
+
+
+def _pfn_struct(count: int) -> struct.Struct:
+    st = _PFN_STRUCTS.get(count)
+    if st is None:
+        st = _PFN_STRUCTS[count] = struct.Struct(f"<{count}Q")
+    return st
+
+
 OUT_BUFFER = 256 << 10  # gathered output written in chunks of this size
 SMALL_COPY = 64 << 10  # payloads up to this size go through the output buffer
 
@@ -525,7 +536,9 @@ class Converter:
         return self.res
 
     def _item(self, item: Any) -> None:
-        if isinstance(item, Header):
+        if type(item) is LBatch:  # by far the most frequent
+            self._batch(item)
+        elif isinstance(item, Header):
             self._header(item)
         elif isinstance(item, XlConfig):
             self.xl_cfg = item
@@ -776,9 +789,8 @@ class Converter:
         words = keep if notab else [
             ((e & legacy.PFINFO_TYPE_MASK) << 32) | (e & legacy.PFINFO_PFN_MASK) for e in keep]
         n_data = b.n_data
-        body_hdr = libxc.PAGE_DATA_HDR.pack("<", count=len(words), _res1=0)
-        arr = struct.pack(f"<{len(words)}Q", *words)
-        length = 8 + 8 * len(words) + PAGE * n_data
+        count = len(words)
+        length = 8 + 8 * count + PAGE * n_data
         # The record's rules, checked here rather than by the generic checker
         # (this is the hot path): types were checked by _batch, the count is
         # 1..1024, the length follows from the types; what is left is the PV
@@ -790,7 +802,9 @@ class Converter:
             raise ConversionError(b.offset, f"expected pfns below p2m_size {hdr.p2m_size:#x}, "
                                   f"found {top:#x}")
         sink = self._pages_sink()
-        sink.write(struct.pack("<II", libxc.REC_TYPE_PAGE_DATA, length) + body_hdr + arr)
+        # record header (type, length), PAGE_DATA header (count, reserved), pfn words
+        sink.write(_PAGE_DATA_HEAD.pack(libxc.REC_TYPE_PAGE_DATA, length, count, 0)
+                   + _pfn_struct(count).pack(*words))
         sink.copy_from(self.src, PAGE * n_data, b.what)
         b._left = 0
         self.res.pages += n_data

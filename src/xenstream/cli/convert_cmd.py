@@ -32,8 +32,9 @@ class Output:
         self.name = name
 
     def commit(self) -> None:
-        if self.fd is not None and self.tmp is not None:
-            os.fsync(self.fd)
+        # No fsync: the input is never the output, so a crash loses nothing
+        # that cannot be converted again; the rename is what keeps a partial
+        # file from ever standing under the output's name.
         if self.close_fd and self.fd is not None:
             os.close(self.fd)
             self.fd = None
