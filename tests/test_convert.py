@@ -1204,3 +1204,35 @@ def test_pre31_pv_in_xl_file_takes_guest_type_from_config(tmp_path: Path, width:
     img = read_v2(str(out))
     assert img.pv_info == (width, 4 if width == 8 else 3)
     assert img.pages == exp.pages
+
+
+@pytest.mark.parametrize(("dm", "warned"), [("qemu_xen_traditional", True), ("qemu_xen", False),
+                                            (None, False)])
+def test_qemu_traditional_warning_from_the_config(tmp_path: Path, dm: Optional[str],
+                                                  warned: bool) -> None:
+    """The QEMU state cannot tell qemu-traditional from upstream QEMU; the xl
+    config's device_model_version can (Xen >= 4.21 runs only upstream QEMU)."""
+    from xenstream.writer import ImageSpec, default_config, xl_header
+
+    cfg = default_config(ImageSpec(guest="hvm", pages=64))
+    if dm is not None:
+        cfg["b_info"]["device_model_version"] = dm
+    buf = io.BytesIO()
+    xl_header(buf, cfg, streamv2=False)
+    write_legacy(buf, LegacySpec(guest="hvm", pages=64))
+    src = tmp_path / "old.xl"
+    src.write_bytes(buf.getvalue())
+    p = subprocess.run(["xenstream", "convert", str(src), str(tmp_path / "new.xl")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert ("qemu-traditional" in p.stderr) is warned, p.stderr
+
+
+def test_qemu_traditional_warning_for_xend_images(tmp_path: Path) -> None:
+    src = tmp_path / "old.xm"
+    with open(src, "wb") as f:
+        write_legacy(f, LegacySpec(guest="hvm", pages=64, envelope="xend"))
+    p = subprocess.run(["xenstream", "convert", str(src), str(tmp_path / "new.xl")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "qemu-traditional" in p.stderr and "4.21" in p.stderr

@@ -13,7 +13,9 @@ sparse temporary file.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -576,6 +578,15 @@ class Converter:
                                   f"expected a legacy stream, found {kind}: this image is "
                                   "already in the v2 format (nothing to convert)")
 
+    def _device_model(self) -> Optional[str]:
+        if self.xl_cfg is not None and self.xl_hdr is not None:
+            kind = ("xl-json" if self.xl_hdr.fields["mandatory_flags"] & xl.MANDATORY_FLAG_JSON
+                    else "xl-cfg")
+            return device_model("xl", kind, self.xl_cfg.config)
+        if self.libvirt_xml is not None:
+            return device_model("libvirt", "libvirt-xml", self.libvirt_xml)
+        return device_model(self.envelope, None, None)
+
     def _config_guest(self) -> Optional[str]:
         from xenstream.config import guest_type_of
 
@@ -1003,6 +1014,10 @@ class Converter:
         assert self.libxc_checker is not None
         self.libxc_checker.finish()
         self._check_findings()
+        if self.qemu_staged and self._device_model() == "traditional":
+            self.warn("the device-model state is qemu-traditional's (as the image's "
+                      f"{self.envelope} configuration says): Xen >= 4.21 no longer runs that "
+                      "device model")
         if self.fmt == "libxl":
             self._libxl_tail()
         elif self.qemu_staged and self.qemu_stage is not None:
@@ -1073,9 +1088,6 @@ class Converter:
                 self.out.write(b"\0" * ((-(8 + n)) & 7))
                 chk.record(libxl.REC_TYPE_EMULATOR_CONTEXT, 8 + n, ehdr + head[:4],
                            guest="hvm", in_checkpoint=False, colo=False, after_libxc=True)
-                if is_qemu_traditional(head):
-                    self.warn("the device-model state is qemu-traditional's: Xen >= 4.21 no "
-                              "longer runs that device model")
         elif self.qemu_staged:
             self.warn("a device-model record after a PV stream was dropped")
         lw.end()
@@ -1097,7 +1109,30 @@ class Converter:
 libxc_writer_t = Any
 
 
-def is_qemu_traditional(head: bytes) -> bool:
-    """qemu-traditional's save files are QEVM version 2 (QEMU 0.10); upstream
-    QEMU writes version 3."""
-    return head[:4] == b"QEVM" and head[4:8] == b"\0\0\0\2"
+def device_model(envelope: str, config_kind: Optional[str], config: Optional[bytes]) -> Optional[str]:
+    """"traditional" / "upstream" for the device model whose state an image
+    carries, from what its envelope says (None: it does not say).  The QEMU
+    state itself does not tell the two apart (both write QEVM version 3 with
+    many identical section names), the toolstack's record of it does."""
+    if envelope in ("xend", "xenopsd"):
+        return "traditional"  # xend ran qemu-dm; XenServer's legacy images too
+    if not config:
+        return None
+    text = config.decode("utf-8", "replace")
+    if config_kind == "xl-json":
+        try:
+            doc = json.loads(text.rstrip("\0"))
+        except ValueError:
+            return None
+        v = doc.get("b_info", {}).get("device_model_version") if isinstance(doc, dict) else None
+        return {"qemu_xen_traditional": "traditional", "qemu_xen": "upstream"}.get(str(v))
+    if config_kind == "xl-cfg":
+        m = re.search(r'^\s*device_model_version\s*=\s*["\']([\w-]+)', text, re.M)
+        if m:
+            return "traditional" if m.group(1) == "qemu-xen-traditional" else "upstream"
+        return None
+    if config_kind == "libvirt-xml":
+        m = re.search(r"<emulator>([^<]*)</emulator>", text)
+        if m:
+            return "traditional" if m.group(1).strip().endswith("qemu-dm") else "upstream"
+    return None
