@@ -1236,3 +1236,19 @@ def test_qemu_traditional_warning_for_xend_images(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "qemu-traditional" in p.stderr and "4.21" in p.stderr
+
+
+def test_bare_pre31_pv_stream_error_suggests_guest_type(tmp_path: Path) -> None:
+    """Without an envelope nothing says PV: the failure names the ambiguity and
+    the option that resolves it; with it the stream converts."""
+    src = tmp_path / "old"
+    with open(src, "wb") as f:
+        exp = write_legacy(f, LegacySpec(guest="pv", ext_info=False))
+    out = tmp_path / "new"
+    p = subprocess.run(["xenstream", "convert", str(src), str(out)], capture_output=True,
+                       text=True)
+    assert p.returncode == 1 and "--guest-type pv" in p.stderr and not out.exists(), p.stderr
+    p = subprocess.run(["xenstream", "convert", "--guest-type", "pv", str(src), str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert read_v2(str(out)).pages == exp.pages

@@ -22,7 +22,7 @@ import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from xenstream import legacy, libxc, libxl, xl
-from xenstream.errors import TruncatedError, XenstreamError
+from xenstream.errors import FormatError, TruncatedError, XenstreamError
 from xenstream.findings import ERROR
 from xenstream.io import Source
 from xenstream.legacy import (
@@ -427,6 +427,7 @@ class Converter:
         self.libvirt_hdr: Optional[Header] = None
         self.libvirt_xml: Optional[bytes] = None
         self.xenopsd_legacy = False
+        self.guess: Optional[legacy.LegacyGuess] = None
         # libxc output state
         self.libxc_checker: Optional[LibxcChecker] = None
         self.libxl_checker: Optional[LibxlChecker] = None
@@ -527,6 +528,14 @@ class Converter:
                 if self.checkpoint < 2:
                     raise
                 self._item(LTruncated(e.offset, self.checkpoint, e))
+            except FormatError as e:
+                g = self.guess
+                if (g is not None and not g.certain and g.guest == "hvm"
+                        and self.parser.legacy_options.guest != "pv"):
+                    raise ConversionError(e.offset, f"{e.message} (the stream's first words also "
+                                          "fit a PV stream without extended info, pre-Xen 3.1"
+                                          + self._hint(": try --guest-type pv") + ")") from None
+                raise
             if self.hdr is None:
                 raise ConversionError(0, "expected a legacy stream, found none")
             self._finish()
@@ -625,7 +634,7 @@ class Converter:
         if o.xl is False and self.envelope == "xl":
             raise ConversionError(0, "found an xl save-file header: pass -x/--xl to convert an "
                                   "xl file")
-        g = item.guess
+        g = self.guess = item.guess
         lo = self.parser.legacy_options
         if g is None:
             width = o.width or o.width_hint
