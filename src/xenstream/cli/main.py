@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
@@ -30,13 +30,22 @@ exit status: 0 valid, 1 invalid input, 2 usage or internal error
 """
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _open_input(spec: str) -> Optional[Tuple[Source, str]]:
+    """The input and the name to report it by; None (after a one-line message)
+    when it cannot be opened."""
     try:
-        src = Source.open(args.file)
+        src = Source.open(spec)
     except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
+        return None
+    return src, spec if spec != "-" else "<stdin>"
+
+
+def _verify(args: argparse.Namespace) -> int:
+    opened = _open_input(args.file)
+    if opened is None:
         return EXIT_USAGE
-    name = args.file if args.file != "-" else "<stdin>"
+    src, name = opened
     printer: Optional[RecordPrinter] = None
     if args.verbose and not args.quiet and not args.json:
         printer = RecordPrinter(print)
@@ -64,12 +73,10 @@ def _config(args: argparse.Namespace) -> int:
     from xenstream.config import find_config
     from xenstream.errors import FormatError
 
-    try:
-        src = Source.open(args.file)
-    except UsageError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    opened = _open_input(args.file)
+    if opened is None:
         return EXIT_USAGE
-    name = args.file if args.file != "-" else "<stdin>"
+    src, name = opened
     try:
         with src:
             cfg = find_config(src, format=args.format)
@@ -93,12 +100,10 @@ def _convert(args: argparse.Namespace) -> int:
     from xenstream.cli.convert_cmd import Progress, error_line, open_output, run_conversion
     from xenstream.convert import ConvertOptions
 
-    try:
-        src = Source.open(args.input)
-    except UsageError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    opened = _open_input(args.input)
+    if opened is None:
         return EXIT_USAGE
-    name = args.input if args.input != "-" else "<stdin>"
+    src, name = opened
     quiet = args.quiet
 
     def log(level: str, msg: str) -> None:
