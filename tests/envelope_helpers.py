@@ -12,7 +12,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -316,29 +315,4 @@ def run(argv: Sequence[str], *, pass_fds: Sequence[int] = (),
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-def feeder(fd: int, data: bytes, chunk: int = 4096) -> threading.Thread:
-    """Write ``data`` to the pipe ``fd`` ``chunk`` bytes per write, then close it."""
-
-    def go() -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view[:chunk])
-                view = view[n:]
-        except BrokenPipeError:
-            pass
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    return t
-
-
-def read_all(fd: int) -> bytes:
-    parts = []
-    while True:
-        b = os.read(fd, 65536)
-        if not b:
-            return b"".join(parts)
-        parts.append(b)
+from pipe_helpers import feeder, read_all  # noqa: E402,F401 - shared pipe helpers

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+import pipe_helpers
 from xenstream import libxc
 from xenstream.errors import TruncatedError
 from xenstream.findings import ERROR, RESTORE, WARNING
@@ -88,31 +89,11 @@ def rules(res: Result) -> List[Tuple[str, str]]:
 
 
 def feeder(fd: int, data: bytes, chunk: int = 1) -> threading.Thread:
-    """Write ``data`` to the pipe ``fd`` ``chunk`` bytes per os.write, then close it."""
-
-    def run() -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view[:chunk])
-                view = view[n:]
-        except BrokenPipeError:
-            pass
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    """Write ``data`` to the pipe ``fd`` one byte per os.write by default."""
+    return pipe_helpers.feeder(fd, data, chunk)
 
 
-def read_all(fd: int) -> bytes:
-    parts = []
-    while True:
-        b = os.read(fd, 65536)
-        if not b:
-            return b"".join(parts)
-        parts.append(b)
+read_all = pipe_helpers.read_all
 
 
 def rchar() -> int:
