@@ -19,7 +19,7 @@ import re
 import stat
 import struct
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from xenstream import legacy, libxc, libxl, xl
 from xenstream.errors import FormatError, TruncatedError, XenstreamError
@@ -39,6 +39,7 @@ from xenstream.legacy import (
 from xenstream.libxc import LibxcChecker
 from xenstream.libxl import LibxlChecker
 from xenstream.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
+from xenstream.writer import LibxcWriter, LibxlWriter
 
 CONVERTER_VERSION = 1  # written as the domain header's xen_minor (xen_major 0)
 PAGE = 4096
@@ -100,7 +101,7 @@ class Sink:
         self._cfr_ok = True
         self._sendfile_ok = True
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> int:
         n = len(data)
         if self.fd is not None and n:
             if not self._out:
@@ -457,8 +458,8 @@ class Converter:
         self.qemu_pending_header = b""
         self.qemu_has_pending = False
         self.parser: Parser
-        self.w: Any = None
-        self.libxl_w: Any = None
+        self.w: LibxcWriter
+        self.libxl_w: LibxlWriter
 
     # -- logging ------------------------------------------------------------------------
 
@@ -487,7 +488,7 @@ class Converter:
             return
         self.findings.append((rule, authority, message))
 
-    def _libxc_record(self, w: libxc_writer_t, rtype: int, body: bytes) -> None:
+    def _libxc_record(self, w: LibxcWriter, rtype: int, body: bytes) -> None:
         w.record(rtype, body)
         self.res.records += 1
         if self.libxc_checker is not None:
@@ -691,17 +692,15 @@ class Converter:
             raise ConversionError(h.offset, f"a {self.envelope} image needs a libxl stream "
                                   "inside; --format libxc applies to bare legacy streams only")
         self._write_envelope()
-        from xenstream.writer import LibxcWriter, LibxlWriter
-
         if self.fmt == "libxl":
-            lw = LibxlWriter(self.out)  # type: ignore[arg-type]
+            lw = LibxlWriter(self.out)
             lw.header(options=libxl.HDR_OPT_LEGACY)
             self.libxl_w = lw
             self.libxl_checker = LibxlChecker(self._report)
             lw.libxc_context()
             self.libxl_checker.record(libxl.REC_TYPE_LIBXC_CONTEXT, 0, b"", guest=h.guest,
                                       in_checkpoint=False, colo=False, after_libxc=False)
-        w = LibxcWriter(self.out, version=o.stream_version)  # type: ignore[arg-type]
+        w = LibxcWriter(self.out, version=o.stream_version)
         self.w = w
         self.libxc_checker = LibxcChecker(self._report)
         ih = dict(marker=libxc.IHDR_MARKER, id=libxc.IHDR_ID, version=o.stream_version,
@@ -756,10 +755,10 @@ class Converter:
             assert self.libvirt_hdr is not None
             xml_data = self.libvirt_xml or b""
             f = self.libvirt_hdr.fields
-            libvirt_header(self.out, xml_data, version=2, nul=False,  # type: ignore[arg-type]
+            libvirt_header(self.out, xml_data, version=2, nul=False,
                            unused=[f[f"unused{i}"] for i in range(10)])
         elif self.envelope == "xend":
-            xl_header(self.out, None, mandatory_flags=xl.MANDATORY_FLAG_STREAMV2)  # type: ignore[arg-type]
+            xl_header(self.out, None, mandatory_flags=xl.MANDATORY_FLAG_STREAMV2)
 
     # -- body ---------------------------------------------------------------------------------
 
@@ -1115,7 +1114,6 @@ class Converter:
         return env + inner
 
 
-libxc_writer_t = Any
 
 
 def device_model(envelope: str, config_kind: Optional[str], config: Optional[bytes]) -> Optional[str]:

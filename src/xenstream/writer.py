@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from xenstream import hvm, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.layout import pad8
@@ -25,10 +25,16 @@ from xenstream.layout import pad8
 PAGE = libxc.PAGE_SIZE
 
 
+class Writable(Protocol):
+    """Anything with ``write(bytes)``: a binary file, or the converter's Sink."""
+
+    def write(self, data: Union[bytes, bytearray, memoryview], /) -> Any: ...
+
+
 class RecordWriter:
     """Writes ``type | length | body | padding`` records in one byte order."""
 
-    def __init__(self, out: BinaryIO, endian: str = "<") -> None:
+    def __init__(self, out: Writable, endian: str = "<") -> None:
         self.out = out
         self.endian = endian
         self.records = 0
@@ -53,7 +59,7 @@ class RecordWriter:
 class LibxcWriter(RecordWriter):
     """One libxc v2/v3 stream."""
 
-    def __init__(self, out: BinaryIO, *, endian: str = "<", version: int = 3) -> None:
+    def __init__(self, out: Writable, *, endian: str = "<", version: int = 3) -> None:
         super().__init__(out, endian)
         self.version = version
 
@@ -223,7 +229,7 @@ class LibxlWriter(RecordWriter):
                     **kw)
 
 
-def xl_header(out: BinaryIO, config: Union[None, bytes, Dict[str, Any]] = None, *,
+def xl_header(out: Writable, config: Union[None, bytes, Dict[str, Any]] = None, *,
               streamv2: bool = True, json_flag: Optional[bool] = None, endian: str = "<",
               mandatory_flags: Optional[int] = None, optional_flags: int = 0,
               byteorder: Optional[int] = None, optional_tail: bytes = b"",
@@ -429,7 +435,7 @@ def write_libxl(out: BinaryIO, spec: ImageSpec) -> None:
 # -- envelopes ----------------------------------------------------------------------
 
 
-def libvirt_header(out: BinaryIO, xml: Union[str, bytes], *, version: int = 2,
+def libvirt_header(out: Writable, xml: Union[str, bytes], *, version: int = 2,
                    xml_len: Optional[int] = None, nul: bool = True,
                    unused: Sequence[int] = (0,) * 10, magic: bytes = libvirt.MAGIC) -> None:
     """libvirt's 64-byte header and the domain XML (NUL-terminated, as libvirt writes)."""
@@ -453,7 +459,7 @@ def default_libvirt_xml(spec: ImageSpec) -> str:
             "</domain>\n")
 
 
-def xend_header(out: BinaryIO, sxp: Union[str, bytes], *, config_len: Optional[int] = None,
+def xend_header(out: Writable, sxp: Union[str, bytes], *, config_len: Optional[int] = None,
                 magic: bytes = xend.MAGIC) -> None:
     """``LinuxGuestRecord``, the big-endian signed config length and the SXP config."""
     data = sxp.encode() if isinstance(sxp, str) else sxp
@@ -472,7 +478,7 @@ def default_xend_sxp(spec: ImageSpec) -> str:
             f"(vcpus {spec.vcpus}) {image} (on_reboot restart) (state -b----))")
 
 
-def xenopsd_frame(out: BinaryIO, ftype: int, payload: bytes = b"", *,
+def xenopsd_frame(out: Writable, ftype: int, payload: bytes = b"", *,
                   length: Optional[int] = None) -> None:
     """One XenServer frame; Libxc, Demu and End_of_image are written with length 0."""
     if length is None:
