@@ -27,6 +27,7 @@ from xenstream.findings import ERROR
 from xenstream.io import Source
 from xenstream.legacy import (
     LBatch,
+    LBatchRun,
     LBodyEnd,
     LCheckpointEnd,
     LChunk,
@@ -185,6 +186,34 @@ class Sink:
             self.pos += got
             left -= got
         del at
+
+    def copy_at(self, in_fd: int, offset: int, n: int) -> None:
+        """Move ``n`` bytes at ``offset`` of a seekable input (checked by the
+        caller to lie within it), without touching the input's position."""
+        if self.fd is None:
+            self.pos += n
+            return
+        if n <= SMALL_COPY:
+            if not self._out:
+                self._out = bytearray(OUT_BUFFER + SMALL_COPY)
+            if self._n + n > len(self._out):
+                self.flush()
+            with memoryview(self._out) as mv:
+                got = os.preadv(in_fd, [mv[self._n : self._n + n]], offset)
+            if got != n:
+                raise TruncatedError(offset, n, got, what="page data", layer="legacy")
+            self._n += n
+            self.pos += n
+            if self._n >= OUT_BUFFER:
+                self.flush()
+            return
+        src = Source(in_fd)
+        src.pos = offset
+        try:
+            self.copy_from(src, n, "page data")
+        finally:
+            src.pos = src.start  # leave the shared descriptor's offset alone
+            src.close()
 
     def _copy_seekable(self, src: Source, left: int) -> int:
         """copy_file_range to a regular file (it fails across filesystems on
@@ -548,7 +577,9 @@ class Converter:
         return self.res
 
     def _item(self, item: Any) -> None:
-        if type(item) is LBatch:  # by far the most frequent
+        if type(item) is LBatchRun:  # by far the most frequent
+            self._batch_run(item)
+        elif type(item) is LBatch:
             self._batch(item)
         elif isinstance(item, Header):
             self._header(item)
@@ -680,6 +711,9 @@ class Converter:
 
     def _start(self, h: LHeader) -> None:
         self.hdr = h
+        lp = self.parser.legacy_parser
+        if lp is not None and self.src.seekable:
+            lp.bulk = True  # page data is moved by offset
         self.res.width = h.width * 8
         self.res.guest = h.guest
         o = self.opts
@@ -800,6 +834,22 @@ class Converter:
                     self.compressed_pending.append(e & legacy.PFINFO_PFN_MASK)
             return
         self._page_data(b, keep)
+
+    def _batch_run(self, run: LBatchRun) -> None:
+        """Plain-pfn batches the parser found in bulk: a PAGE_DATA record each,
+        the page data moved by offset (type NOTAB: the v2 words are the pfns)."""
+        sink = self._pages_sink()
+        fd = self.src.fd
+        for data_offset, entries in run.batches:
+            count = len(entries)
+            sink.write(_PAGE_DATA_HEAD.pack(libxc.REC_TYPE_PAGE_DATA, 8 + 8 * count + PAGE * count,
+                                            count, 0) + _pfn_struct(count).pack(*entries))
+            sink.copy_at(fd, data_offset, PAGE * count)
+        n = len(run.batches)
+        self.res.pages += run.pages
+        self.res.records += n
+        if self.opts.progress is not None:
+            self.opts.progress(run.end)
 
     def _page_data(self, b: LBatch, keep: Sequence[int], notab: bool = False) -> None:
         if not keep:

@@ -17,6 +17,7 @@ consumer to move, copy or skip.  Facts: reference xen-formats.md §4.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -265,6 +266,25 @@ class LChunk(_Lazy):
         return f"legacy chunk {self.cid} ({self.name})"
 
 
+class LBatchRun(_Item):
+    """Consecutive page batches of plain pfns (type NOTAB, below p2m_size),
+    found by a consumer that set :attr:`LegacyParser.bulk` (seekable input).
+    ``batches`` holds ``(data_offset, entries)`` per batch: the page data,
+    ``4096 * len(entries)`` bytes, is at ``data_offset`` in the input.  The
+    parser resumes at ``end``; the consumer moves the data by offset."""
+
+    __slots__ = ("batches", "end", "pages", "checkpoint")
+    kind = "page batches"
+
+    def __init__(self, offset: int, batches: List[Tuple[int, Tuple[int, ...]]], end: int,
+                 pages: int, checkpoint: int) -> None:
+        self.offset = offset
+        self.batches = batches
+        self.end = end
+        self.pages = pages
+        self.checkpoint = checkpoint
+
+
 class LBodyEnd(_Item):
     __slots__ = ("checkpoint",)
     kind = "end of body"
@@ -375,8 +395,8 @@ class LTruncated(_Item):
         self.error = error
 
 
-LItem = Union[LHeader, LBatch, LChunk, LBodyEnd, LHvmTail, LPvTail, LQemu, LCheckpointEnd,
-              LTruncated]
+LItem = Union[LHeader, LBatch, LBatchRun, LChunk, LBodyEnd, LHvmTail, LPvTail, LQemu,
+              LCheckpointEnd, LTruncated]
 
 
 class LegacyOptions:
@@ -488,6 +508,68 @@ class LegacyParser:
             number += 1
 
     _stop_after_tail = False
+    #: set by a consumer that moves page data by offset (seekable input only):
+    #: runs of plain batches then come as one LBatchRun item
+    bulk = False
+
+    def _plain_run(self, at: int, n: int, number: int) -> Optional[LBatchRun]:
+        """Batches of plain pfns from ``at`` (whose count ``n`` is read), checked
+        with one exact ``pread`` each; stops before any other chunk or batch,
+        leaving it for the ordinary path."""
+        src = self.src
+        hdr = self.header
+        assert hdr is not None
+        size = src.size
+        if size is None or not 0 < n <= MAX_BATCH_SIZE:
+            return None  # (a bad count is for the ordinary path to report)
+        w = hdr.width
+        fmt = "Q" if w == 8 else "I"
+        limit = min(hdr.p2m_size, PFINFO_PFN_MASK + 1)
+        fd = src.fd
+        pos = at  # the count of the batch at hand
+        count = n
+        guess = n  # entries fetched along with the next count: the last batch's
+        batches: List[Tuple[int, Tuple[int, ...]]] = []
+        pages = 0
+        nread = 0
+        raw = b""
+        while True:
+            if batches:  # read the next count (and, likely, all its entries)
+                raw = os.pread(fd, 4 + guess * w, pos)
+                nread += len(raw)
+                if len(raw) < 4:
+                    break
+                count = struct.unpack_from("<i", raw)[0]
+                if not 0 < count <= MAX_BATCH_SIZE:
+                    break
+                if len(raw) < 4 + count * w:
+                    raw = os.pread(fd, 4 + count * w, pos)
+                    nread += len(raw)
+                    if len(raw) < 4 + count * w:
+                        break
+                entries = struct.unpack_from(f"<{count}{fmt}", raw, 4)
+            else:
+                raw = os.pread(fd, count * w, pos + 4)
+                nread += len(raw)
+                if len(raw) < count * w:
+                    break
+                entries = struct.unpack_from(f"<{count}{fmt}", raw)
+            if max(entries) >= limit:
+                break  # types, XTAB entries or out-of-range pfns: the ordinary path
+            data = pos + 4 + count * w
+            nxt = data + count * PAGE_SIZE
+            if nxt > size:
+                break
+            batches.append((data, entries))
+            pages += count
+            guess = count
+            pos = nxt
+        src.bytes_read += nread
+        if not batches:
+            return None
+        end = batches[-1][0] + len(batches[-1][1]) * PAGE_SIZE
+        src.advance_to(end)  # the ordinary path reads on from here
+        return LBatchRun(at, batches, end, pages, number)
 
     def _header(self) -> LHeader:
         at = self.pos
@@ -576,6 +658,11 @@ class LegacyParser:
             if n == 0:
                 yield LBodyEnd(at, number)
                 break
+            if n > 0 and self.bulk and not self.compressing and not self._pre:
+                run = self._plain_run(at, n, number)
+                if run is not None:
+                    yield run
+                    continue
             if n > 0:
                 yield self._batch(at, n, number)
             else:
@@ -818,6 +905,9 @@ class LegacyChecker:
                     r("warning", "legacy-ext-block", "restore", True,
                       f"unknown extended-info block {bid!r} ({size} bytes): the legacy "
                       "restorer skipped it, and so does the converter")
+        elif isinstance(it, LBatchRun):
+            self.batches += len(it.batches)
+            self.pages += it.pages  # plain pfns below p2m_size: nothing to check
         elif isinstance(it, LBatch):
             self.batches += 1
             self.pages += it.n_data

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from xenstream.findings import ERROR, WARNING
-from xenstream.legacy import LBatch
+from xenstream.legacy import LBatch, LBatchRun
 from xenstream.parser import (
     EndOfInput,
     EnvelopeData,
@@ -140,6 +140,18 @@ class RecordPrinter:
             self._flush()
             self.emit(f"{item.offset:#012x}  {item.layer:<6} #{item.first_index:<5} "
                       f"{'PAGE_DATA':<24} {item.records} records, {item.pages} pages")
+            return
+        if isinstance(item, LBatchRun):
+            if self._run is not None and self._run.name == "legacy batch":
+                self._run_n += len(item.batches)
+                self._run_bytes += item.pages * 4096
+                return
+            self._flush()
+            self._run = _Run("legacy batch", "legacy")
+            self._run_n = len(item.batches)
+            self._run_bytes = item.pages * 4096
+            self.emit(f"{item.offset:#012x}  legacy {len(item.batches)} page batches of plain "
+                      f"pfns, {item.pages} pages")
             return
         if isinstance(item, LBatch):
             n = getattr(item, "n_data", 0)

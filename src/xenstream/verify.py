@@ -16,7 +16,7 @@ from xenstream import xenopsd as xenopsd_mod
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.io import Source
-from xenstream.legacy import LBatch, LChunk, LegacyChecker, LHeader, LQemu
+from xenstream.legacy import LBatch, LBatchRun, LChunk, LegacyChecker, LHeader, LQemu
 from xenstream.libvirt import LibvirtChecker
 from xenstream.libxc import LibxcChecker
 from xenstream.libxl import LibxlChecker
@@ -438,9 +438,15 @@ class Verifier:
 
     def _legacy_item(self, item: Any) -> None:
         assert self.legacy_checker is not None
-        if isinstance(item, (LBatch, LChunk, LQemu, LHeader)):
+        if isinstance(item, LBatchRun):
+            self.records += len(item.batches)
+            self.counts[("legacy", 1 << 16)] += len(item.batches)
+        elif isinstance(item, (LBatch, LChunk, LQemu, LHeader)):
             self.records += 1
             self.counts[("legacy", _legacy_key(item))] += 1
+            if isinstance(item, LHeader) and self.parser.legacy_parser is not None:
+                # plain page batches are checked in bulk, their data skipped
+                self.parser.legacy_parser.bulk = self.src.seekable
         self.legacy_checker.item(item)
 
     def _complete_checkpoints(self) -> int:
