@@ -123,6 +123,8 @@ HVM_PARAM_CHUNKS: Dict[int, int] = {
     -3: 12, -4: 15, -8: 17, -10: 19, -11: 9, -14: 34, -15: 27, -16: 28, -17: 29, -19: 32, -20: 33,
 }
 MAX_VCPU_ID = 4095
+#: pfn entries held by one LBatchRun at most (a few hundred KiB of Python ints)
+RUN_MAX_PAGES = 4096
 
 # XEN_DOMCTL_PFINFO_* in bits 28-31 of a pfn_type entry
 PFINFO_TYPE_SHIFT = 28
@@ -564,6 +566,8 @@ class LegacyParser:
             pages += count
             guess = count
             pos = nxt
+            if pages >= RUN_MAX_PAGES:
+                break  # bounded memory: the next run goes on from here
         src.bytes_read += nread
         if not batches:
             return None
