@@ -149,18 +149,7 @@ class Sink:
             self.pos += n
             return
         if n <= SMALL_COPY:
-            if not self._out:
-                self._out = bytearray(OUT_BUFFER + SMALL_COPY)
-            if self._n + n > len(self._out):
-                self.flush()
-            with memoryview(self._out) as mv:
-                got = src.readinto(mv[self._n : self._n + n])
-            if got != n:
-                raise TruncatedError(at, n, got, what=what, layer="legacy")
-            self._n += n
-            self.pos += n
-            if self._n >= OUT_BUFFER:
-                self.flush()
+            self._gather(n, src.readinto, at, what)
             return
         self.flush()
         left = n
@@ -185,7 +174,21 @@ class Sink:
             self._write_all(view[:got])
             self.pos += got
             left -= got
-        del at
+
+    def _gather(self, n: int, fill: Callable[[memoryview], int], at: int, what: str) -> None:
+        """Read ``n`` bytes with ``fill`` straight into the output buffer."""
+        if not self._out:
+            self._out = bytearray(OUT_BUFFER + SMALL_COPY)
+        if self._n + n > len(self._out):
+            self.flush()
+        with memoryview(self._out) as mv:
+            got = fill(mv[self._n : self._n + n])
+        if got != n:
+            raise TruncatedError(at, n, got, what=what, layer="legacy")
+        self._n += n
+        self.pos += n
+        if self._n >= OUT_BUFFER:
+            self.flush()
 
     def copy_at(self, in_fd: int, offset: int, n: int) -> None:
         """Move ``n`` bytes at ``offset`` of a seekable input (checked by the
@@ -194,18 +197,7 @@ class Sink:
             self.pos += n
             return
         if n <= SMALL_COPY:
-            if not self._out:
-                self._out = bytearray(OUT_BUFFER + SMALL_COPY)
-            if self._n + n > len(self._out):
-                self.flush()
-            with memoryview(self._out) as mv:
-                got = os.preadv(in_fd, [mv[self._n : self._n + n]], offset)
-            if got != n:
-                raise TruncatedError(offset, n, got, what="page data", layer="legacy")
-            self._n += n
-            self.pos += n
-            if self._n >= OUT_BUFFER:
-                self.flush()
+            self._gather(n, lambda v: os.preadv(in_fd, [v], offset), offset, "page data")
             return
         src = Source(in_fd)
         src.pos = offset
