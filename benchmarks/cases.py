@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from legacy_images import LegacyImageSpec
-from xenstream.writer import ImageSpec
+from xenstream.writers.v2 import ImageSpec
 
 MiB = 1 << 20
 GiB = 1 << 30

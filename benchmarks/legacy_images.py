@@ -27,8 +27,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-from xenstream import hvm, libxc
-from xenstream.legacy_writer import (
+from xenstream.formats import hvm, libxc
+from xenstream.writers.legacy import (
     DEFAULT_PHYSMAP,
     HVM_PARAM_CHUNK_ORDER,
     PFN_TYPE_SHIFT,
@@ -39,7 +39,7 @@ from xenstream.legacy_writer import (
     ext_vcpu_context,
     physmap_toolstack,
 )
-from xenstream.writer import page_content, pv_vcpu_context
+from xenstream.writers.v2 import page_content, pv_vcpu_context
 
 PAGE = 4096
 QEMU_SIZE = 1 << 20  # the qemu (DeviceModelRecord0002) blob

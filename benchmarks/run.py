@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from cases import CASES, IMAGES, Case, Image, MiB
 from legacy_images import LegacyImageSpec, write_legacy_image
 from legacy_images import estimate_size as legacy_estimate_size
-from xenstream.writer import write_image
+from xenstream.writers.v2 import write_image
 
 PAGE = 4096
 #: tool name -> module for ``--python`` (``sys.executable -m MODULE``)

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from xenstream import xenopsd
+from xenstream.consumers.verify import Result, verify
 from xenstream.findings import Finding
+from xenstream.formats import xenopsd
 from xenstream.io import Source
-from xenstream.legacy_writer import LegacySpec, write_legacy
-from xenstream.parser import EnvelopeData, Frame, Header, Legacy, Parser, Record, XlConfig
-from xenstream.verify import Result, verify
-from xenstream.writer import (
+from xenstream.reading.parser import EnvelopeData, Frame, Header, Legacy, Parser, Record, XlConfig
+from xenstream.writers.legacy import LegacySpec, write_legacy
+from xenstream.writers.v2 import (
     ImageSpec,
     LibxcWriter,
     LibxlWriter,

@@ -15,12 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from xenstream.consumers.verify import Result, verify
 from xenstream.findings import Finding
 from xenstream.io import Source
-from xenstream.legacy_writer import LegacySpec, write_legacy
-from xenstream.parser import EndOfInput, Header, Legacy, Parser, Record, XlConfig
-from xenstream.verify import Result, verify
-from xenstream.writer import (
+from xenstream.reading.parser import EndOfInput, Header, Legacy, Parser, Record, XlConfig
+from xenstream.writers.legacy import LegacySpec, write_legacy
+from xenstream.writers.v2 import (
     ImageSpec,
     LibxcWriter,
     LibxlWriter,

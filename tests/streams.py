@@ -1,7 +1,7 @@
 """Shared helpers for the libxc stream tests.
 
 A stream is a list of named *steps*; each step writes one (or, rarely, more)
-records with a :class:`~xenstream.writer.LibxcWriter`.  :func:`build` runs the
+records with a :class:`~xenstream.writers.v2.LibxcWriter`.  :func:`build` runs the
 steps after the two headers and remembers, for every step, the index and the
 byte offset of the record it starts with, so a test can say exactly where a
 finding must point.  :func:`hvm_steps` and :func:`pv_steps` give valid streams
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from xenstream.consumers.verify import Result, verify
 from xenstream.findings import Finding
 from xenstream.io import Source
-from xenstream.verify import Result, verify
-from xenstream.writer import LibxcWriter
+from xenstream.writers.v2 import LibxcWriter
 
 IHDR_SIZE = 24
 DHDR_SIZE = 16

@@ -1,6 +1,6 @@
 """``xenstream convert``: legacy (Xen <= 4.5) images to v2/v3 streams.
 
-Round trips build a legacy image with :func:`xenstream.legacy_writer.write_legacy`
+Round trips build a legacy image with :func:`xenstream.writers.legacy.write_legacy`
 (which returns :class:`Expected`, what the image carries), convert it through
 the API and the CLI, and read the output back with ``tests/v2read.py``'s
 hand-decoding reader.  Byte-level fixtures (``struct.pack`` straight from
@@ -25,18 +25,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from xenstream import hvm, libvirt, libxl, xenopsd, xl
 from xenstream.cli.main import main
-from xenstream.convert import (
+from xenstream.consumers.convert import (
     Converter,
     ConvertOptions,
     ConvertResult,
     Sink,
     parse_physmap,
 )
-from xenstream.convert import decode_page as conv_decode_page
+from xenstream.consumers.convert import decode_page as conv_decode_page
+from xenstream.consumers.verify import verify
+from xenstream.formats import hvm, libvirt, libxl, xenopsd, xl
 from xenstream.io import Source
-from xenstream.legacy_writer import (
+from xenstream.writers.legacy import (
     Expected,
     LegacySpec,
     LegacyWriter,
@@ -46,8 +47,7 @@ from xenstream.legacy_writer import (
     write_legacy,
     xsave_buffer,
 )
-from xenstream.verify import verify
-from xenstream.writer import page_content, pv_vcpu_context, xl_header
+from xenstream.writers.v2 import page_content, pv_vcpu_context, xl_header
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from v2read import V2Image, read_v2  # noqa: E402
@@ -635,7 +635,7 @@ def test_envelope_xl(tmp_path: Path, capsys: pytest.CaptureFixture[str], cfgkind
         data, exp = _xl_image(cfg, guest, json_flag=False)
     inp = put(tmp_path, data)
     with Source.open(str(inp)) as src:
-        from xenstream.parser import Parser, XlConfig
+        from xenstream.reading.parser import Parser, XlConfig
         in_cfg = [it.config for it in Parser(src).items() if isinstance(it, XlConfig)]
     in_flags = struct.unpack_from("<I", data, len(xl.MAGIC) + 4)[0]
     assert in_flags & xl.MANDATORY_FLAG_STREAMV2 == 0
@@ -1212,7 +1212,7 @@ def test_qemu_traditional_warning_from_the_config(tmp_path: Path, dm: Optional[s
                                                   warned: bool) -> None:
     """The QEMU state cannot tell qemu-traditional from upstream QEMU; the xl
     config's device_model_version can (Xen >= 4.21 runs only upstream QEMU)."""
-    from xenstream.writer import ImageSpec, default_config, xl_header
+    from xenstream.writers.v2 import ImageSpec, default_config, xl_header
 
     cfg = default_config(ImageSpec(guest="hvm", pages=64))
     if dm is not None:

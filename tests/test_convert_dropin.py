@@ -13,7 +13,7 @@
   the exit statuses (0 converted, 1 bad input, 2 usage/internal), and one
   regression test per upstream defect.
 
-Streams come from :mod:`xenstream.legacy_writer` (whole streams, with the
+Streams come from :mod:`xenstream.writers.legacy` (whole streams, with the
 ``Expected`` content a correct converter must carry) and, for broken ones,
 from its record-level ``LegacyWriter``.  The output is read back with
 tests/v2read.py, which decodes record bodies by hand.
@@ -37,10 +37,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pytest
 
 from v2read import V2Image, read_v2
-from xenstream import hvm
 from xenstream.cli import convert_legacy_stream as dropin
+from xenstream.consumers.verify import verify
+from xenstream.formats import hvm
 from xenstream.io import Source
-from xenstream.legacy_writer import (
+from xenstream.writers.legacy import (
     DEFAULT_PHYSMAP,
     Expected,
     LegacySpec,
@@ -48,8 +49,7 @@ from xenstream.legacy_writer import (
     physmap_toolstack,
     write_legacy,
 )
-from xenstream.verify import verify
-from xenstream.writer import ImageSpec, pv_vcpu_context, write_image
+from xenstream.writers.v2 import ImageSpec, pv_vcpu_context, write_image
 
 BIN = os.path.dirname(sys.executable)
 _SEARCH = BIN + os.pathsep + os.environ.get("PATH", "")

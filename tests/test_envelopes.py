@@ -53,13 +53,13 @@ from envelope_helpers import (
     xenops_frames,
     xenopsd_image,
 )
-from xenstream import libvirt, xend, xenopsd
+from xenstream.consumers.report import chain, verdict
+from xenstream.consumers.verify import Result, verify
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.formats import libvirt, xend, xenopsd
 from xenstream.io import Source
-from xenstream.parser import FORMAT_NAMES, EnvelopeData, Frame, Header, Legacy
-from xenstream.report import chain, verdict
-from xenstream.verify import Result, verify
-from xenstream.writer import (
+from xenstream.reading.parser import FORMAT_NAMES, EnvelopeData, Frame, Header, Legacy
+from xenstream.writers.v2 import (
     default_libvirt_xml,
     default_xend_sxp,
     libvirt_header,

@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from xenstream import hvm
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.formats import hvm
 
 MAGIC = 0x54381286
 END_BYTES = b"\x00" * 8

@@ -26,12 +26,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 
 import pipe_helpers
-from xenstream import libxc
+from xenstream.consumers.verify import Result, verify
 from xenstream.errors import TruncatedError
 from xenstream.findings import ERROR, RESTORE, WARNING
+from xenstream.formats import libxc
 from xenstream.io import Source
-from xenstream.verify import Result, verify
-from xenstream.writer import (
+from xenstream.writers.v2 import (
     ImageSpec,
     LibxcWriter,
     LibxlWriter,

@@ -17,9 +17,9 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from xenstream import hvm, legacy, libvirt, xend, xl
-from xenstream import legacy_writer as lw
-from xenstream.legacy_writer import (
+from xenstream.formats import hvm, legacy, libvirt, xend, xl
+from xenstream.writers import legacy as lw
+from xenstream.writers.legacy import (
     Expected,
     LegacySpec,
     LegacyWriter,
@@ -28,7 +28,7 @@ from xenstream.legacy_writer import (
     physmap_toolstack,
     write_legacy,
 )
-from xenstream.writer import page_content, pv_vcpu_context
+from xenstream.writers.v2 import page_content, pv_vcpu_context
 
 PAGE = 4096
 U64_ALL = 0xFFFFFFFFFFFFFFFF

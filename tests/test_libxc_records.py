@@ -41,12 +41,12 @@ from streams import (
     steps_for,
     with_rule,
 )
-from xenstream import hvm
+from xenstream.consumers.verify import verify
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.formats import hvm
 from xenstream.io import Source
-from xenstream.parser import Header, Parser, Record
-from xenstream.verify import verify
-from xenstream.writer import ImageSpec, LibxcWriter, LibxlWriter, write_image
+from xenstream.reading.parser import Header, Parser, Record
+from xenstream.writers.v2 import ImageSpec, LibxcWriter, LibxlWriter, write_image
 
 W = LibxcWriter
 Mut = Callable[[List[Step]], List[Step]]
@@ -1003,7 +1003,7 @@ def test_hvm_record_in_pv_stream(tmp_path: Path, width: int, version: int, rtype
 # =====================================================================================
 
 def test_every_record_type_has_a_test() -> None:
-    from xenstream import libxc
+    from xenstream.formats import libxc
     assert sorted(libxc.RECORD_NAMES) == list(range(0x13))
 
 

@@ -40,10 +40,10 @@ from stream_helpers import (
     xl_image,
     xl_raw_optional,
 )
-from xenstream import libxl, xl
 from xenstream.cli.main import main
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
-from xenstream.writer import ImageSpec, LibxcWriter, LibxlWriter, default_config
+from xenstream.formats import libxl, xl
+from xenstream.writers.v2 import ImageSpec, LibxcWriter, LibxlWriter, default_config
 
 SCHEMA_PATH = Path(xenstream.__file__).parent / "schema" / "verify.schema.json"
 LIBXL_IDENT = struct.pack(">Q", libxl.HDR_IDENT)

@@ -22,13 +22,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from xenstream import libxc, libxl
+from xenstream.consumers.verify import Result, verify
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.formats import libxc, libxl
 from xenstream.io import Source
-from xenstream.legacy_writer import LegacySpec, write_legacy
-from xenstream.parser import Parser, Record
-from xenstream.verify import Result, verify
-from xenstream.writer import (
+from xenstream.reading.parser import Parser, Record
+from xenstream.writers.legacy import LegacySpec, write_legacy
+from xenstream.writers.v2 import (
     ImageSpec,
     LibxcWriter,
     LibxlWriter,

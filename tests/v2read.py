@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from xenstream.io import Source
-from xenstream.parser import EndOfInput, EnvelopeData, Header, Parser, Record, XlConfig
+from xenstream.reading.parser import EndOfInput, EnvelopeData, Header, Parser, Record, XlConfig
 
 
 @dataclass

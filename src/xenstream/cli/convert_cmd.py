@@ -15,7 +15,13 @@ import sys
 import tempfile
 from typing import Callable, Optional, Tuple
 
-from xenstream.convert import ConversionError, Converter, ConvertOptions, ConvertResult, Sink
+from xenstream.consumers.convert import (
+    ConversionError,
+    Converter,
+    ConvertOptions,
+    ConvertResult,
+    Sink,
+)
 from xenstream.errors import FormatError, UsageError
 from xenstream.io import Source
 

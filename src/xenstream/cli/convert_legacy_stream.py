@@ -20,7 +20,7 @@ import syslog
 from typing import List, Optional
 
 from xenstream.cli.common import EXIT_OK, EXIT_USAGE, guarded
-from xenstream.convert import CONVERTER_VERSION, ConvertOptions
+from xenstream.consumers.convert import CONVERTER_VERSION, ConvertOptions
 from xenstream.errors import UsageError
 from xenstream.io import Source
 

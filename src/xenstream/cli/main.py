@@ -9,10 +9,10 @@ from typing import List, Optional, Tuple
 
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
+from xenstream.consumers.report import RecordPrinter, finding_lines, to_json, verdict
+from xenstream.consumers.verify import verify
 from xenstream.errors import UsageError
 from xenstream.io import Source
-from xenstream.report import RecordPrinter, finding_lines, to_json, verdict
-from xenstream.verify import verify
 
 PROG = "xenstream"
 FORMATS = ["libxc", "libxl", "xl", "libvirt", "xenopsd", "xend", "legacy"]
@@ -70,7 +70,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     import json
 
-    from xenstream.config import find_config
+    from xenstream.consumers.config import find_config
     from xenstream.errors import FormatError
 
     opened = _open_input(args.file)
@@ -98,7 +98,7 @@ def _config(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from xenstream.cli.convert_cmd import Progress, error_line, open_output, run_conversion
-    from xenstream.convert import ConvertOptions
+    from xenstream.consumers.convert import ConvertOptions
 
     opened = _open_input(args.input)
     if opened is None:
@@ -148,7 +148,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import tempfile
 
-    from xenstream.sample import write_sample
+    from xenstream.writers.sample import write_sample
 
     out = args.output
     if out in (None, "-"):

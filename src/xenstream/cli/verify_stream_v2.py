@@ -17,10 +17,10 @@ from typing import List, Optional
 
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
+from xenstream.consumers.report import RecordPrinter, finding_lines, verdict
+from xenstream.consumers.verify import verify
 from xenstream.errors import UsageError
 from xenstream.io import Source
-from xenstream.report import RecordPrinter, finding_lines, verdict
-from xenstream.verify import verify
 
 PROG = "verify-stream-v2"
 

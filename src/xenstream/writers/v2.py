@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
-from xenstream import hvm, libvirt, libxc, libxl, xend, xenopsd, xl
+from xenstream.formats import hvm, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.layout import pad8
 
 PAGE = libxc.PAGE_SIZE

@@ -6,7 +6,7 @@ xl, libvirt, xend, xenopsd) wrote, byte for byte, in every dialect: 32- or
 without extended info, xsave, TMEM, verify mode, Remus checkpoints and Remus
 compression, and the three device-model record tails.
 
-Two levels, like :mod:`xenstream.writer`:
+Two levels, like :mod:`xenstream.writers.v2`:
 
 * :class:`LegacyWriter` writes one header, page batch, chunk or tail at a
   time; every size and count can be overridden for broken variants;
@@ -26,9 +26,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-from xenstream import hvm, libxc, xenopsd
+from xenstream.formats import hvm, libxc, xenopsd
 from xenstream.layout import Layout
-from xenstream.writer import (
+from xenstream.writers.v2 import (
     ImageSpec,
     default_config,
     default_libvirt_xml,
@@ -44,7 +44,7 @@ PAGE = 4096
 
 # -- chunk ids: the format's own constants live in xenstream.legacy -------------------
 
-from xenstream.legacy import (  # noqa: E402
+from xenstream.formats.legacy import (  # noqa: E402
     CHUNK_COMPRESSED_DATA,
     CHUNK_ENABLE_COMPRESSION,
     CHUNK_ENABLE_VERIFY_MODE,

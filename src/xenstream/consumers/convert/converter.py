@@ -1,6 +1,6 @@
 """Legacy (Xen <= 4.5) save images to streams current Xen restores.
 
-A consumer of the pull parser: the legacy items of :mod:`xenstream.legacy`
+A consumer of the pull parser: the legacy items of :mod:`xenstream.formats.legacy`
 become libxc v3 (or v2) records, inside a libxl v2 stream when the image is an
 xl, libvirt or xend one, and the envelope is kept (xl gets its STREAMv2 flag,
 libvirt its version 2).  Page payloads move from input to output without
@@ -21,11 +21,10 @@ import struct
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from xenstream import legacy, libxc, libxl, xl
 from xenstream.errors import FormatError, TruncatedError, XenstreamError
 from xenstream.findings import ERROR
-from xenstream.io import Source
-from xenstream.legacy import (
+from xenstream.formats import legacy, libxc, libxl, xl
+from xenstream.formats.legacy import (
     LBatch,
     LBatchRun,
     LBodyEnd,
@@ -37,10 +36,11 @@ from xenstream.legacy import (
     LQemu,
     LTruncated,
 )
-from xenstream.libxc import LibxcChecker
-from xenstream.libxl import LibxlChecker
-from xenstream.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
-from xenstream.writer import LibxcWriter, LibxlWriter
+from xenstream.formats.libxc import LibxcChecker
+from xenstream.formats.libxl import LibxlChecker
+from xenstream.io import Source
+from xenstream.reading.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
+from xenstream.writers.v2 import LibxcWriter, LibxlWriter
 
 CONVERTER_VERSION = 1  # written as the domain header's xen_minor (xen_major 0)
 PAGE = 4096
@@ -621,7 +621,7 @@ class Converter:
         return device_model(self.envelope, None, None)
 
     def _config_guest(self) -> Optional[str]:
-        from xenstream.config import guest_type_of
+        from xenstream.consumers.config import guest_type_of
 
         if self.xl_cfg is not None and self.xl_cfg.config:
             return guest_type_of("xl-json", self.xl_cfg.config)
@@ -752,7 +752,7 @@ class Converter:
                                                  if h.guest == "pv" else ""))
 
     def _write_envelope(self) -> None:
-        from xenstream.writer import libvirt_header, xl_header
+        from xenstream.writers.v2 import libvirt_header, xl_header
 
         if not self.opts.keep_envelope:
             if self.envelope in ("libvirt", "xend"):
@@ -960,7 +960,7 @@ class Converter:
             raise ConversionError(self.src.pos, "a compressed Remus stream can only be converted "
                                   "to a regular file (its pages must be read back)")
         self.state = _PageState(self._tmpdir())
-        from xenstream.parser import Parser as P
+        from xenstream.reading.parser import Parser as P
 
         self.out.flush()
         try:  # the output may be open write-only (a shell redirection)

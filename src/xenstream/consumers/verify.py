@@ -1,8 +1,8 @@
 """The verifier: a consumer of the pull parser that applies every layer's rules.
 
 :func:`verify` walks an image once, forward, hands each header and record to
-the checker of its layer (:mod:`xenstream.xl`, :mod:`xenstream.libxl`,
-:mod:`xenstream.libxc`, :mod:`xenstream.hvm`), follows checkpoints across
+the checker of its layer (:mod:`xenstream.formats.xl`, :mod:`xenstream.formats.libxl`,
+:mod:`xenstream.formats.libxc`, :mod:`xenstream.formats.hvm`), follows checkpoints across
 layers, and returns a :class:`Result` with every finding and a summary.
 """
 
@@ -11,16 +11,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from xenstream import libxc, libxl
-from xenstream import xenopsd as xenopsd_mod
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
+from xenstream.formats import libxc, libxl
+from xenstream.formats import xenopsd as xenopsd_mod
+from xenstream.formats.legacy import LBatch, LBatchRun, LChunk, LegacyChecker, LHeader, LQemu
+from xenstream.formats.libvirt import LibvirtChecker
+from xenstream.formats.libxc import LibxcChecker
+from xenstream.formats.libxl import LibxlChecker
+from xenstream.formats.xend import XendChecker
+from xenstream.formats.xenopsd import XenopsdChecker
+from xenstream.formats.xl import XlChecker
 from xenstream.io import Source
-from xenstream.legacy import LBatch, LBatchRun, LChunk, LegacyChecker, LHeader, LQemu
-from xenstream.libvirt import LibvirtChecker
-from xenstream.libxc import LibxcChecker
-from xenstream.libxl import LibxlChecker
-from xenstream.parser import (
+from xenstream.reading.parser import (
     LAYER_LIBXC,
     EndOfInput,
     EnvelopeData,
@@ -36,9 +39,6 @@ from xenstream.parser import (
     StopStream,
     XlConfig,
 )
-from xenstream.xend import XendChecker
-from xenstream.xenopsd import XenopsdChecker
-from xenstream.xl import XlChecker
 
 SCHEMA_VERSION = 1
 _LEGACY_WHERE = {
@@ -231,7 +231,7 @@ class Verifier:
             self.xenopsd.info.legacy = h.kind == "xenopsd legacy signature"
         elif h.kind == "xl header":
             self.xl = XlChecker(self.report)
-            from xenstream import xl as xlmod
+            from xenstream.formats import xl as xlmod
             raw_bo = h.fields["byteorder"]
             self.xl.header(h.endian if raw_bo == xlmod.BYTEORDER else None, h.fields)
         elif h.kind == "libxl header":
@@ -580,7 +580,7 @@ def _legacy_key(item: Any) -> int:
 
 
 def _legacy_name(key: int) -> str:
-    from xenstream import legacy as lg
+    from xenstream.formats import legacy as lg
 
     if key < 0:
         return f"CHUNK_{lg.CHUNK_NAMES.get(key, str(key))}"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Optional
 
-from xenstream import xenopsd, xl
+from xenstream.formats import xenopsd, xl
 from xenstream.io import Source
-from xenstream.parser import EnvelopeData, Frame, Header, Parser, XlConfig
+from xenstream.reading.parser import EnvelopeData, Frame, Header, Parser, XlConfig
 
 KINDS = {
     "xl-json": "libxl JSON domain configuration (xl save file)",
@@ -91,8 +91,8 @@ def guest_type_of(kind: str, data: bytes) -> Optional[str]:
             t = (node.text or "").strip().lower() if node is not None else ""
             return {"hvm": "hvm", "xen": "pv", "linux": "pv", "xenpvh": "hvm"}.get(t)
         if kind == "xend-sxp":
-            from xenstream.sexp import parse_sxp
-            from xenstream.xend import guest_type
+            from xenstream.formats.sexp import parse_sxp
+            from xenstream.formats.xend import guest_type
 
             return guest_type(parse_sxp(data.decode("utf-8", "replace").rstrip("\0")))
     except Exception:  # noqa: BLE001 - an unreadable config says nothing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from xenstream.writer import ImageSpec, write_image
+from xenstream.writers.v2 import ImageSpec, write_image
 
 
 def sample_spec(*, pv: bool = False, pages: int = 2048, vcpus: int = 2) -> ImageSpec:

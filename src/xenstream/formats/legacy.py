@@ -947,7 +947,7 @@ class LegacyChecker:
                 self.verify_mode = True
             elif (it.cid == CHUNK_TOOLSTACK and it.data is not None and self.header is not None
                   and self.header.guest == "hvm"):
-                from xenstream.convert import parse_physmap
+                from xenstream.consumers.convert import parse_physmap
 
                 try:
                     parse_physmap(it.data, self.header.width)
@@ -955,7 +955,7 @@ class LegacyChecker:
                     r("error", "legacy-toolstack", "restore", False,
                       f"expected libxl's physmap toolstack record, found: {e}")
         elif isinstance(it, LHvmTail):
-            from xenstream import hvm
+            from xenstream.formats import hvm
 
             for p in hvm.check_context(it.context):
                 if p.severity == "error" and not p.tolerated:

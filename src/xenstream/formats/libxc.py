@@ -12,8 +12,8 @@ import struct
 import sys
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from xenstream import hvm
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.formats import hvm
 from xenstream.layout import Layout
 
 # -- image and domain header ------------------------------------------------

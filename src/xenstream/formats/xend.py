@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Tuple
 
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
-from xenstream.sexp import Sexp, SexpError, parse_sxp
+from xenstream.formats.sexp import Sexp, SexpError, parse_sxp
 
 MAGIC = b"LinuxGuestRecord"
 HEADER_SIZE = len(MAGIC) + 4

@@ -27,8 +27,8 @@ import os
 import struct
 from typing import Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
 
-from xenstream import legacy, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.errors import FormatError, LimitError, TruncatedError
+from xenstream.formats import legacy, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.io import Source
 from xenstream.layout import pad8
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
+from xenstream.consumers.verify import Result
 from xenstream.findings import ERROR, WARNING
-from xenstream.legacy import LBatch, LBatchRun
-from xenstream.parser import (
+from xenstream.formats.legacy import LBatch, LBatchRun
+from xenstream.reading.parser import (
     EndOfInput,
     EnvelopeData,
     Frame,
@@ -18,7 +19,6 @@ from xenstream.parser import (
     Record,
     XlConfig,
 )
-from xenstream.verify import Result
 
 
 def finding_lines(res: Result, name: str, *, warnings: bool = True) -> List[str]:

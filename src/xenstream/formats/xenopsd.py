@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Set
 
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.formats.sexp import SexpError, parse_sxp
 from xenstream.layout import Layout
-from xenstream.sexp import SexpError, parse_sxp
 
 MAGIC_V2 = b"XenSavedDomv2-\n"
 MAGIC_LEGACY = b"XenSavedDomain\n"

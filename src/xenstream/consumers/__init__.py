@@ -1,0 +1,2 @@
+"""The consumers of the pull parser: verify, convert, config, and the
+reports they share."""
