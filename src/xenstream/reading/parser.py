@@ -31,6 +31,7 @@ from xenstream.errors import FormatError, LimitError, TruncatedError
 from xenstream.formats import legacy, libvirt, libxc, libxl, xend, xenopsd, xl
 from xenstream.io import Source
 from xenstream.layout import pad8
+from xenstream.reading.legacy import LegacyOptions, LegacyParser
 
 LAYER_XL = "xl"
 LAYER_LIBXL = "libxl"
@@ -376,8 +377,8 @@ class Parser:
         self.page_filter: Optional[PageFilter] = None
         #: read legacy payloads item by item (False: stop at the Legacy marker)
         self.follow_legacy = True
-        self.legacy_options = legacy.LegacyOptions()
-        self.legacy_parser: Optional[legacy.LegacyParser] = None
+        self.legacy_options = LegacyOptions()
+        self.legacy_parser: Optional[LegacyParser] = None
 
     # -- helpers ---------------------------------------------------------------
 
@@ -493,8 +494,8 @@ class Parser:
             return
         opts = self.legacy_options
         if item.container == "xenopsd-frame" and opts.qemu == "auto":
-            opts = legacy.LegacyOptions(opts.width, opts.guest, "optional")
-        lp = legacy.LegacyParser(self.src, prefix=item.head, options=opts)
+            opts = LegacyOptions(opts.width, opts.guest, "optional")
+        lp = LegacyParser(self.src, prefix=item.head, options=opts)
         self.legacy_parser = lp
         truncated = False
         for it in lp.items():

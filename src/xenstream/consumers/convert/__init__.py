@@ -9,9 +9,8 @@ from xenstream.consumers.convert.converter import (
     Sink,
     decode_page,
     device_model,
-    parse_physmap,
-    physmap_xenstore,
 )
+from xenstream.formats.legacy import parse_physmap, physmap_xenstore
 
 __all__ = ["CONVERTER_VERSION", "ConversionError", "Converter", "ConvertOptions",
            "ConvertResult", "Sink", "decode_page", "device_model", "parse_physmap",

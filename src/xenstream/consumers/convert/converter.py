@@ -39,6 +39,7 @@ from xenstream.formats.legacy import (
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
 from xenstream.io import Source
+from xenstream.reading.legacy import LegacyOptions
 from xenstream.reading.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
 from xenstream.writers.v2 import LibxcWriter, LibxlWriter
 
@@ -344,47 +345,6 @@ def decode_page(prev: bytes, data: bytes, pos: int) -> Tuple[bytes, int]:
     return bytes(page), pos
 
 
-# -- the physmap toolstack record (libxl 4.5) ------------------------------------------
-
-
-def parse_physmap(data: bytes, width: int) -> List[Tuple[int, int, int, bytes]]:
-    """libxl 4.5's toolstack record: ``(phys_offset, start_addr, size, name)``."""
-    if len(data) < 8:
-        raise ValueError(f"expected at least 8 bytes (version, count), found {len(data)}")
-    version, count = struct.unpack_from("<II", data)
-    if version != 1:
-        raise ValueError(f"expected toolstack record version 1, found {version}")
-    entry = 32 if width == 8 else 28  # sizeof(struct libxl__physmap_info)
-    pos = 8
-    out = []
-    for i in range(count):
-        if pos + 28 > len(data):
-            raise ValueError(f"physmap entry {i} runs past the record")
-        phys, start, size, namelen = struct.unpack_from("<QQQI", data, pos)
-        if pos + entry + namelen > len(data):
-            raise ValueError(f"physmap entry {i} (name of {namelen} bytes) runs past the record")
-        name = data[pos + 28 : pos + 28 + namelen]
-        if namelen and name[-1:] != b"\0":
-            raise ValueError(f"physmap entry {i}: name not NUL-terminated")
-        out.append((phys, start, size, name[:-1] if namelen else b""))
-        pos += entry + namelen
-    if pos != len(data):
-        raise ValueError(f"{len(data) - pos} bytes after the {count} physmap entries")
-    return out
-
-
-def physmap_xenstore(entries: List[Tuple[int, int, int, bytes]]) -> List[Tuple[bytes, bytes]]:
-    """The EMULATOR_XENSTORE_DATA pairs libxl 4.5 restored them as (``%PRIx64``)."""
-    pairs = []
-    for phys, start, size, name in entries:
-        base = f"physmap/{phys:x}".encode()
-        pairs.append((base + b"/start_addr", f"{start:x}".encode()))
-        pairs.append((base + b"/size", f"{size:x}".encode()))
-        if name:
-            pairs.append((base + b"/name", name))
-    return pairs
-
-
 # -- options and result ----------------------------------------------------------------
 
 
@@ -536,7 +496,7 @@ class Converter:
 
     def run(self) -> ConvertResult:
         p = Parser(self.src)
-        p.legacy_options = legacy.LegacyOptions(
+        p.legacy_options = LegacyOptions(
             width=self.opts.width, guest=self.opts.guest,
             qemu="skip" if self.opts.skip_qemu else "auto")
         self.parser = p
@@ -904,7 +864,7 @@ class Converter:
             assert hdr is not None
             if hdr.guest == "hvm":
                 try:
-                    self.c_physmap = physmap_xenstore(parse_physmap(c.data, hdr.width))
+                    self.c_physmap = legacy.physmap_xenstore(legacy.parse_physmap(c.data, hdr.width))
                 except ValueError as e:
                     raise ConversionError(c.offset, f"toolstack record: {e}") from None
         elif cid == legacy.CHUNK_COMPRESSED_DATA:
