@@ -235,16 +235,9 @@ class Source:
                 view[:] = self._win[off : off + n]
                 self.pos += n
                 return n
-            while got < n:
-                k = os.preadv(self.fd, [view[got:]], self.pos)
-                if k <= 0:
-                    break
-                self.bytes_read += k
-                self.pos += k
-                got += k
-            return got
         while got < n:
-            k = os.readv(self.fd, [view[got:]])
+            k = (os.preadv(self.fd, [view[got:]], self.pos) if self.seekable
+                 else os.readv(self.fd, [view[got:]]))
             if k <= 0:
                 break
             self.bytes_read += k

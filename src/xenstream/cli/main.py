@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
@@ -178,6 +178,17 @@ def _sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command(sub: Any, name: str, help: str, description: str, epilog: str) -> Any:
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _image_args(p: Any, file_help: str, format_help: str) -> None:
+    """The image operand and --format, as verify and config take them."""
+    p.add_argument("file", nargs="?", default="-", metavar="FILE", help=file_help)
+    p.add_argument("--format", choices=FORMATS, help=format_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Read, verify and inspect Xen save images and migration streams.",
@@ -185,19 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    v = sub.add_parser(
-        "verify", help="check an image against the specs and Xen's restore rules",
-        description="Check a save image or migration stream against the libxc/libxl "
+    v = _command(
+        sub, "verify", "check an image against the specs and Xen's restore rules",
+        "Check a save image or migration stream against the libxc/libxl "
         "specifications and the rules of Xen's C restore code. The layers (xl, libxl, "
         "libxc) are detected from content; checkpointed Remus/COLO streams are followed.",
-        epilog="examples:\n  xenstream verify demo.xl\n  xenstream verify --json -q img\n"
+        "examples:\n  xenstream verify demo.xl\n  xenstream verify --json -q img\n"
         "  ssh host cat /var/lib/xen/save/vm | xenstream verify -\n\n"
-        "exit status: 0 valid, 1 invalid, 2 usage or internal error",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("file", nargs="?", default="-", metavar="FILE",
-                   help="image to check: a path, - for stdin (default), or /dev/fd/N")
-    v.add_argument("--format", choices=FORMATS,
-                   help="require this outermost format instead of detecting it")
+        "exit status: 0 valid, 1 invalid, 2 usage or internal error")
+    _image_args(v, "image to check: a path, - for stdin (default), or /dev/fd/N",
+                "require this outermost format instead of detecting it")
     v.add_argument("-v", "--verbose", action="store_true",
                    help="list every header and record (runs of PAGE_DATA squashed)")
     v.add_argument("-q", "--quiet", action="store_true", help="print nothing; exit status only")
@@ -206,33 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report spec violations that Xen's restore tolerates as warnings")
     v.set_defaults(func=_verify)
 
-    c = sub.add_parser(
-        "config", help="print the domain configuration an image carries",
-        description="Print the domain configuration embedded in a save image: libxl JSON or "
+    c = _command(
+        sub, "config", "print the domain configuration an image carries",
+        "Print the domain configuration embedded in a save image: libxl JSON or "
         "xl cfg text (xl save files), the domain XML (libvirt), the SXP configuration (xend), "
         "or the metadata record (XenServer). Only the headers are read.",
-        epilog="examples:\n  xenstream config demo.xl\n  xenstream config --json vm.save | jq .kind\n\n"
-        "exit status: 0 printed, 1 no configuration or unreadable image, 2 usage error",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("file", nargs="?", default="-", metavar="FILE",
-                   help="image: a path, - for stdin (default), or /dev/fd/N")
-    c.add_argument("--format", choices=FORMATS, help="require this outermost format")
+        "examples:\n  xenstream config demo.xl\n  xenstream config --json vm.save | jq .kind\n\n"
+        "exit status: 0 printed, 1 no configuration or unreadable image, 2 usage error")
+    _image_args(c, "image: a path, - for stdin (default), or /dev/fd/N",
+                "require this outermost format")
     c.add_argument("--json", action="store_true",
                    help="print {kind, envelope, offset, length, config} as JSON")
     c.set_defaults(func=_config)
 
-    cv = sub.add_parser(
-        "convert", help="convert a legacy (Xen <= 4.5) image to one current Xen restores",
-        description="Convert a legacy save image (Xen 3.4-4.5: xl, libvirt, xend, XenServer or a "
+    cv = _command(
+        sub, "convert", "convert a legacy (Xen <= 4.5) image to one current Xen restores",
+        "Convert a legacy save image (Xen 3.4-4.5: xl, libvirt, xend, XenServer or a "
         "bare libxc stream) to a stream current Xen restores, keeping its envelope: xl files "
         "get STREAMv2 around a libxl v2 stream, libvirt files version 2, xend files become xl "
         "files (the SXP config is written to OUT.sxp), bare and XenServer streams become libxc "
         "v3. The saving toolstack's width and the guest type are detected from the content.",
-        epilog="examples:\n  xenstream convert old.xl new.xl\n"
+        "examples:\n  xenstream convert old.xl new.xl\n"
         "  xenstream convert --dry-run old.save -\n"
         "  ssh oldhost cat vm.save | xenstream convert - vm.xl\n\n"
         "exit status: 0 converted, 1 bad input (no output is left behind), 2 usage or "
-        "internal error", formatter_class=argparse.RawDescriptionHelpFormatter)
+        "internal error")
     cv.add_argument("input", metavar="IN", help="legacy image: a path, - for stdin, /dev/fd/N")
     cv.add_argument("output", metavar="OUT",
                     help="where to write: a path (written atomically), - for stdout, a FIFO")
@@ -260,12 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print errors only (no warnings, no progress)")
     cv.set_defaults(func=_convert)
 
-    s = sub.add_parser(
-        "sample", help="write a small realistic save image",
-        description="Write a small, valid xl save file (libxl v2 stream around libxc v3) "
+    s = _command(
+        sub, "sample", "write a small realistic save image",
+        "Write a small, valid xl save file (libxl v2 stream around libxc v3) "
         "to try the other commands on.",
-        epilog="examples:\n  xenstream sample -o demo.xl\n  xenstream sample --pv -o pv.xl",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "examples:\n  xenstream sample -o demo.xl\n  xenstream sample --pv -o pv.xl")
     s.add_argument("-o", "--output", metavar="FILE", help="output path (default: stdout)")
     s.add_argument("--pv", action="store_true", help="a 64-bit PV guest instead of HVM")
     s.add_argument("--pages", type=int, default=2048, help="guest pages (default 2048 = 8 MiB)")

@@ -104,6 +104,20 @@ def to_json(res: Result) -> str:
     return json.dumps(res.to_json(), indent=2, sort_keys=False)
 
 
+#: ``-v`` line of each non-record item, after its offset
+_ITEM_LINES: Dict[type, Callable[[Any], str]] = {
+    Header: lambda i: f"{i.layer:<6} {i.kind}: "
+                      + ", ".join(f"{k}={v:#x}" for k, v in i.fields.items()),
+    XlConfig: lambda i: f"xl     optional data: {i.optional_data_len} bytes, "
+                        f"config_len {i.config_len}",
+    Legacy: lambda i: f"legacy {i.guess.describe() if i.guess else 'legacy stream'}",
+    EndOfInput: lambda i: f"{i.layer:<6} end of input",
+    Frame: lambda i: f"xenopsd #{i.index:<5} {i.name + ' frame':<24} length {i.length}",
+    EnvelopeData: lambda i: f"{i.layer:<6} {i.kind}: {i.declared_len} bytes",
+    Mismatch: lambda i: f"{i.layer:<6} {i.message}",
+}
+
+
 class _Run:
     """The first item of a squashed run (name and layer are all that matter)."""
 
@@ -180,26 +194,11 @@ class RecordPrinter:
                       f"{item.name:<24} length {item.length}")
             return
         self._flush()
-        if isinstance(item, Header):
-            fields = ", ".join(f"{k}={v:#x}" for k, v in item.fields.items())
-            self.emit(f"{item.offset:#012x}  {item.layer:<6} {item.kind}: {fields}")
-        elif isinstance(item, XlConfig):
-            self.emit(f"{item.offset:#012x}  xl     optional data: {item.optional_data_len} "
-                      f"bytes, config_len {item.config_len}")
-        elif isinstance(item, Legacy):
-            self.emit(f"{item.offset:#012x}  legacy {item.guess.describe() if item.guess else 'legacy stream'}")
-        elif isinstance(item, EndOfInput):
-            self.emit(f"{item.offset:#012x}  {item.layer:<6} end of input")
-        elif isinstance(item, Frame):
-            self.emit(f"{item.offset:#012x}  xenopsd #{item.index:<5} {item.name + ' frame':<24} "
-                      f"length {item.length}")
-        elif isinstance(item, EnvelopeData):
-            self.emit(f"{item.offset:#012x}  {item.layer:<6} {item.kind}: {item.declared_len} bytes")
-        elif isinstance(item, Mismatch):
-            self.emit(f"{item.offset:#012x}  {item.layer:<6} {item.message}")
+        line = _ITEM_LINES.get(type(item))
+        if line is not None:
+            self.emit(f"{item.offset:#012x}  {line(item)}")
         elif getattr(item, "layer", "") == "legacy":
-            desc = getattr(item, "what", type(item).__name__)
-            self.emit(f"{item.offset:#012x}  legacy {desc}")
+            self.emit(f"{item.offset:#012x}  legacy {getattr(item, 'what', type(item).__name__)}")
 
     def close(self) -> None:
         self._flush()
