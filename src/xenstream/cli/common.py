@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable
@@ -35,3 +36,11 @@ def guarded(fn: Callable[[], int], prog: str) -> int:
             traceback.print_exc()
         print(f"{prog}: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def dropin_parser(prog: str, usage: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The argument parser of a drop-in for one of Xen's scripts: upstream's
+    option names (abbreviations allowed, as argparse allowed them there)."""
+    return argparse.ArgumentParser(prog=prog, usage=usage, description=description,
+                                   epilog=epilog, allow_abbrev=True,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)

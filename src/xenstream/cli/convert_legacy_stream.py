@@ -19,7 +19,7 @@ import sys
 import syslog
 from typing import List, Optional
 
-from xenstream.cli.common import EXIT_OK, EXIT_USAGE, guarded
+from xenstream.cli.common import EXIT_OK, EXIT_USAGE, dropin_parser, guarded
 from xenstream.consumers.convert import CONVERTER_VERSION, ConvertOptions
 from xenstream.errors import UsageError
 from xenstream.io import Source
@@ -28,15 +28,14 @@ PROG = "convert-legacy-stream"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, usage="%(prog)s [options] -i INPUT -o OUTPUT [-w WIDTH] [-g GUEST]",
-        description="Convert a legacy stream to a v2 (or later) stream. Drop-in replacement "
+    p = dropin_parser(
+        PROG, "%(prog)s [options] -i INPUT -o OUTPUT [-w WIDTH] [-g GUEST]",
+        "Convert a legacy stream to a v2 (or later) stream. Drop-in replacement "
         "for Xen's convert-legacy-stream (xenstream): width and guest type are detected.",
-        epilog="examples:\n  convert-legacy-stream -i old.libxc -o new.libxc\n"
+        "examples:\n  convert-legacy-stream -i old.libxc -o new.libxc\n"
         "  convert-legacy-stream -x -f libxl -i old.xl -o stream.libxl\n"
         "  convert-legacy-stream --in 5 --out 7 --width 64 --guest hvm --format libxl   (libxl)\n"
-        "\nexit status: 0 converted, 1 bad input, 2 usage or internal error",
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=True)
+        "\nexit status: 0 converted, 1 bad input, 2 usage or internal error")
     p.add_argument("-i", "--in", dest="fin", metavar="<FD or FILE>", help="Legacy input to convert")
     p.add_argument("-o", "--out", dest="fout", metavar="<FD or FILE>",
                    help="v2 (or later) format output")

@@ -16,7 +16,7 @@ import syslog
 from typing import List, Optional
 
 from xenstream import __version__
-from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
+from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, dropin_parser, guarded
 from xenstream.consumers.report import RecordPrinter, finding_lines, verdict
 from xenstream.consumers.verify import verify
 from xenstream.errors import UsageError
@@ -50,14 +50,13 @@ class _Log:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, usage="%(prog)s [options]",
-        description="Verify a stream according to the v2 (or later) spec. Drop-in "
+    p = dropin_parser(
+        PROG, "%(prog)s [options]",
+        "Verify a stream according to the v2 (or later) spec. Drop-in "
         "replacement for Xen's verify-stream-v2 (xenstream).",
-        epilog="examples:\n  verify-stream-v2 -i image.libxc\n  verify-stream-v2 -f xl -i save.xl -v\n"
+        "examples:\n  verify-stream-v2 -i image.libxc\n  verify-stream-v2 -f xl -i save.xl -v\n"
         "  verify-stream-v2 --in 5 --syslog      (a caller's fd; the offset is left just past "
-        "the stream)\n\nexit status: 0 valid, 1 stream error, 2 usage or internal error",
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=True)
+        "the stream)\n\nexit status: 0 valid, 1 stream error, 2 usage or internal error")
     p.add_argument("-i", "--in", dest="fin", metavar="<FD or FILE>", default="0",
                    help="Stream to verify (defaults to stdin)")
     p.add_argument("-v", "--verbose", action="store_true", help="Summarise stream contents")
