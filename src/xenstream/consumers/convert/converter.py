@@ -25,8 +25,8 @@ from xenstream.consumers.convert.options import (
     ConvertResult,
     Log,
 )
-from xenstream.consumers.convert.pagestate import PAGE, _PageState, decode_page
-from xenstream.consumers.convert.sink import Sink, _Staging
+from xenstream.consumers.convert.pagestate import PageState, decode_page
+from xenstream.consumers.convert.sink import Sink, Staging
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR
 from xenstream.formats import legacy, libxc, libxl, xl
@@ -42,6 +42,7 @@ from xenstream.formats.legacy import (
     LQemu,
     LTruncated,
 )
+from xenstream.formats.libxc import PAGE_SIZE as PAGE
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
 from xenstream.io import Source
@@ -96,16 +97,16 @@ class Converter:
         self.c_physmap: Optional[List[Tuple[bytes, bytes]]] = None
         self.verify_written = False
         self.tsc_written = False
-        self.staging: Optional[_Staging] = None
-        self.state: Optional[_PageState] = None
+        self.staging: Optional[Staging] = None
+        self.state: Optional[PageState] = None
         self.compressed_pending: List[int] = []  # pfns awaiting compressed data
         self.compressed_entries: List[Tuple[int, int]] = []  # (entry, type) of this checkpoint
         self.compressed_buf = b""
         self.pending_index = 0
         self.checkpoint = 1
         # device-model record: this checkpoint's (pending) and the last complete one's
-        self.qemu_pending: Optional[_Staging] = None
-        self.qemu_stage: Optional[_Staging] = None
+        self.qemu_pending: Optional[Staging] = None
+        self.qemu_stage: Optional[Staging] = None
         self.qemu_pending_header = b""
         self.qemu_has_pending = False
         self.parser: Parser
@@ -424,7 +425,7 @@ class Converter:
         if self.checkpoint == 1:
             return self.out
         if self.staging is None:
-            self.staging = _Staging(self._tmpdir())
+            self.staging = Staging(self._tmpdir())
         return self.staging.sink
 
     def _tmpdir(self) -> Optional[str]:
@@ -548,7 +549,7 @@ class Converter:
             if self.out.fd is not None:
                 raise ConversionError(c.offset, "compressed data, but compression was never "
                                       "enabled (no ENABLE_COMPRESSION in the first checkpoint)")
-            self.state = _PageState(self._tmpdir())  # dry run: check the encoding only
+            self.state = PageState(self._tmpdir())  # dry run: check the encoding only
         left = c.length
         while left:
             piece = c.read(min(left, 1 << 20))
@@ -584,12 +585,12 @@ class Converter:
         if self.out.fd is None:
             # dry run: nothing to read back; decoding onto zero pages still
             # checks the encoding of every compressed page
-            self.state = _PageState(self._tmpdir())
+            self.state = PageState(self._tmpdir())
             return
         if not self.out.regular:
             raise ConversionError(self.src.pos, "a compressed Remus stream can only be converted "
                                   "to a regular file (its pages must be read back)")
-        self.state = _PageState(self._tmpdir())
+        self.state = PageState(self._tmpdir())
         from xenstream.reading.parser import Parser as P
 
         self.out.flush()
@@ -619,7 +620,7 @@ class Converter:
         """The device-model record is staged until its checkpoint completes."""
         st = self.qemu_pending
         if st is None:
-            st = self.qemu_pending = _Staging(self._tmpdir())
+            st = self.qemu_pending = Staging(self._tmpdir())
         st.reset()
         if q.length is None:
             for chunk in q.chunks():

@@ -1,4 +1,4 @@
-"""Remus page compression: :class:`_PageState`, a sparse temporary file that
+"""Remus page compression: :class:`PageState`, a sparse temporary file that
 holds the current copy of every page, and :func:`decode_page`, which applies
 one compressed page (xc_compression.c's encoding) onto the previous copy.
 """
@@ -9,10 +9,10 @@ import os
 import tempfile
 from typing import Optional, Tuple
 
-PAGE = 4096
+from xenstream.formats.libxc import PAGE_SIZE as PAGE
 
 
-class _PageState:
+class PageState:
     """Sparse temporary file holding the current copy of every page
     (offset ``pfn * 4096``), for decoding compressed Remus checkpoints."""
 

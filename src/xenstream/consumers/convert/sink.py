@@ -1,7 +1,7 @@
 """Forward-only output: :class:`Sink` writes to a descriptor, moving page
 payloads from the input by the kernel (``copy_file_range``, ``sendfile``,
 ``splice``) where it can and gathering small writes into big ones, and
-:class:`_Staging`, a temporary file that holds output (a later Remus
+:class:`Staging`, a temporary file that holds output (a later Remus
 checkpoint, a device-model record) until it is known to be wanted.
 """
 
@@ -199,7 +199,7 @@ class Sink:
         return left
 
 
-class _Staging:
+class Staging:
     """A temporary file (mode 0600, unlinked at once) that stages a later
     Remus checkpoint until it is known to be complete."""
 
