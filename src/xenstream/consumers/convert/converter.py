@@ -17,9 +17,10 @@ import os
 import struct
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from xenstream.consumers.convert.envelope import device_model
+from xenstream.consumers.convert.envelope import Envelope
 from xenstream.consumers.convert.options import (
     CONVERTER_VERSION,
+    Context,
     ConversionError,
     ConvertOptions,
     ConvertResult,
@@ -29,7 +30,7 @@ from xenstream.consumers.convert.pagestate import PageState, decode_page
 from xenstream.consumers.convert.sink import Sink, Staging
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR
-from xenstream.formats import legacy, libxc, libxl, xl
+from xenstream.formats import legacy, libxc, libxl
 from xenstream.formats.legacy import (
     LBatch,
     LBatchRun,
@@ -67,19 +68,15 @@ def _pfn_struct(count: int) -> struct.Struct:
 class Converter:
     def __init__(self, src: Source, sink: Sink, opts: Optional[ConvertOptions] = None,
                  log: Optional[Log] = None) -> None:
+        self.ctx = ctx = Context(src, sink, opts or ConvertOptions(), log)
         self.src = src
         self.out = sink
-        self.opts = opts or ConvertOptions()
-        self._log = log
-        self.res = ConvertResult()
+        self.opts = ctx.opts
+        self.res = ctx.res
+        self.info, self.warn, self._hint = ctx.info, ctx.warn, ctx.hint  # for short
+        self.env = Envelope(ctx)
         self.fmt = "libxc"
-        self.envelope = "bare"
         self.hdr: Optional[LHeader] = None
-        self.xl_hdr: Optional[Header] = None
-        self.xl_cfg: Optional[XlConfig] = None
-        self.libvirt_hdr: Optional[Header] = None
-        self.libvirt_xml: Optional[bytes] = None
-        self.xenopsd_legacy = False
         self.guess: Optional[legacy.LegacyGuess] = None
         # libxc output state
         self.libxc_checker: Optional[LibxcChecker] = None
@@ -112,20 +109,6 @@ class Converter:
         self.parser: Parser
         self.w: LibxcWriter
         self.libxl_w: LibxlWriter
-
-    # -- logging ------------------------------------------------------------------------
-
-    def _hint(self, text: str) -> str:
-        return text if self.opts.hints else ""
-
-    def info(self, msg: str) -> None:
-        if self._log:
-            self._log("info", msg)
-
-    def warn(self, msg: str) -> None:
-        self.res.warnings.append(msg)
-        if self._log:
-            self._log("warning", msg)
 
     # -- output helpers (every record is checked as it is written) ------------------
 
@@ -205,14 +188,11 @@ class Converter:
         elif type(item) is LBatch:
             self._batch(item)
         elif isinstance(item, Header):
-            self._header(item)
+            self.env.header(item)
         elif isinstance(item, XlConfig):
-            self.xl_cfg = item
+            self.env.xl_cfg = item
         elif isinstance(item, EnvelopeData):
-            if item.layer == "libvirt":
-                self.libvirt_xml = item.data
-            elif item.layer == "xend":
-                self.res.sxp = item.data
+            self.env.data(item)
         elif isinstance(item, Legacy):
             self._legacy_marker(item)
         elif isinstance(item, LHeader):
@@ -242,51 +222,12 @@ class Converter:
                                   f"expected a legacy stream, found {kind}: this image is "
                                   "already in the v2 format (nothing to convert)")
 
-    def _device_model(self) -> Optional[str]:
-        if self.xl_cfg is not None and self.xl_hdr is not None:
-            kind = ("xl-json" if self.xl_hdr.fields["mandatory_flags"] & xl.MANDATORY_FLAG_JSON
-                    else "xl-cfg")
-            return device_model("xl", kind, self.xl_cfg.config)
-        if self.libvirt_xml is not None:
-            return device_model("libvirt", "libvirt-xml", self.libvirt_xml)
-        return device_model(self.envelope, None, None)
-
-    def _config_guest(self) -> Optional[str]:
-        from xenstream.consumers.config import guest_type_of
-
-        if self.xl_cfg is not None and self.xl_cfg.config:
-            return guest_type_of("xl-json", self.xl_cfg.config)
-        if self.libvirt_xml:
-            return guest_type_of("libvirt-xml", self.libvirt_xml)
-        if self.res.sxp:
-            return guest_type_of("xend-sxp", self.res.sxp)
-        return None
-
-    def _header(self, h: Header) -> None:
-        if h.kind == "xl header":
-            self.envelope = "xl"
-            self.xl_hdr = h
-            if h.fields["mandatory_flags"] & xl.MANDATORY_FLAG_STREAMV2:
-                raise ConversionError(h.offset, "expected an xl save file without STREAMv2, "
-                                      "found one with it: already a v2 image, nothing to convert")
-        elif h.kind == "libvirt header":
-            self.envelope = "libvirt"
-            self.libvirt_hdr = h
-        elif h.kind == "xend header":
-            self.envelope = "xend"
-        elif h.kind == "xenopsd legacy signature":
-            self.envelope = "xenopsd"
-            self.xenopsd_legacy = True
-        else:
-            raise ConversionError(h.offset, f"expected a legacy image, found a {h.kind}: "
-                                  "already in the v2 format (nothing to convert)")
-
     def _legacy_marker(self, item: Legacy) -> None:
         o = self.opts
-        if o.xl is True and self.envelope != "xl":
+        if o.xl is True and self.env.kind != "xl":
             raise ConversionError(item.offset, "expected an xl header (-x/--xl given), found "
                                   "none: drop -x for a bare legacy stream")
-        if o.xl is False and self.envelope == "xl":
+        if o.xl is False and self.env.kind == "xl":
             raise ConversionError(0, "found an xl save-file header: pass -x/--xl to convert an "
                                   "xl file")
         g = self.guess = item.guess
@@ -301,7 +242,7 @@ class Converter:
             self.warn(f"the stream's layout is not recognised: reading it as a "
                       f"{width * 8}-bit-toolstack {o.guest.upper()} stream as given")
             return
-        cfg_guest = self._config_guest()
+        cfg_guest = self.env.config_guest()
         if o.guest is None and cfg_guest == "pv" and g.guest == "hvm" and not g.certain:
             lo.guest = "pv"
             self.info("reading the stream as PV without extended info (pre-3.1 layout), as the "
@@ -343,12 +284,12 @@ class Converter:
         if o.out_format:
             self.fmt = o.out_format
         else:
-            self.fmt = "libxl" if self.envelope in ("xl", "libvirt", "xend") else "libxc"
-        if (o.keep_envelope and not o.upstream_xl and self.envelope in ("xl", "libvirt", "xend")
+            self.fmt = "libxl" if self.env.kind in ("xl", "libvirt", "xend") else "libxc"
+        if (o.keep_envelope and not o.upstream_xl and self.env.kind in ("xl", "libvirt", "xend")
                 and self.fmt != "libxl"):
-            raise ConversionError(h.offset, f"a {self.envelope} image needs a libxl stream "
+            raise ConversionError(h.offset, f"a {self.env.kind} image needs a libxl stream "
                                   "inside; --format libxc applies to bare legacy streams only")
-        self._write_envelope()
+        self.env.write(self.fmt)
         if self.fmt == "libxl":
             lw = LibxlWriter(self.out)
             lw.header(options=libxl.HDR_OPT_LEGACY)
@@ -381,41 +322,6 @@ class Converter:
         self.info(f"legacy {h.guest.upper()} stream from a {h.width * 8}-bit toolstack, "
                   f"p2m_size {h.p2m_size:#x}" + (f", {h.guest_width * 8}-bit guest"
                                                  if h.guest == "pv" else ""))
-
-    def _write_envelope(self) -> None:
-        from xenstream.writers.v2 import libvirt_header, xl_header
-
-        if not self.opts.keep_envelope:
-            if self.envelope in ("libvirt", "xend"):
-                what = "domain XML" if self.envelope == "libvirt" else "SXP configuration"
-                self.warn(f"the {self.envelope} header and its {what} are not carried into the "
-                          "bare output stream (xenstream convert keeps them)")
-            return
-        if self.envelope == "xl":
-            assert self.xl_hdr is not None
-            f = self.xl_hdr.fields
-            flags = f["mandatory_flags"]
-            if self.fmt == "libxl":
-                flags |= xl.MANDATORY_FLAG_STREAMV2
-            # the optional data (configuration and anything after it) verbatim
-            opt = self.xl_cfg.raw if self.xl_cfg is not None else b""
-            if opt is None:
-                raise ConversionError(self.xl_cfg.offset if self.xl_cfg else 0,
-                                      "the xl optional data is too large to carry over")
-            self.out.write(xl.MAGIC)
-            self.out.write(xl.HDR.pack(self.xl_hdr.endian, byteorder=f["byteorder"],
-                                       mandatory_flags=flags,
-                                       optional_flags=f["optional_flags"],
-                                       optional_data_len=len(opt)))
-            self.out.write(opt)
-        elif self.envelope == "libvirt":
-            assert self.libvirt_hdr is not None
-            xml_data = self.libvirt_xml or b""
-            f = self.libvirt_hdr.fields
-            libvirt_header(self.out, xml_data, version=2, nul=False,
-                           unused=[f[f"unused{i}"] for i in range(10)])
-        elif self.envelope == "xend":
-            xl_header(self.out, None, mandatory_flags=xl.MANDATORY_FLAG_STREAMV2)
 
     # -- body ---------------------------------------------------------------------------------
 
@@ -695,9 +601,9 @@ class Converter:
         assert self.libxc_checker is not None
         self.libxc_checker.finish()
         self._check_findings()
-        if self.qemu_staged and self._device_model() == "traditional":
+        if self.qemu_staged and self.env.device_model() == "traditional":
             self.warn("the device-model state is qemu-traditional's (as the image's "
-                      f"{self.envelope} configuration says): Xen >= 4.21 no longer runs that "
+                      f"{self.env.kind} configuration says): Xen >= 4.21 no longer runs that "
                       "device model")
         if self.fmt == "libxl":
             self._libxl_tail()
@@ -706,7 +612,7 @@ class Converter:
             self.out.write(self.qemu_header)
             self.qemu_stage.flush_to(self.out)
         self.out.flush()
-        self.res.envelope = self.envelope
+        self.res.envelope = self.env.kind
         self.res.output = self._describe()
 
     def _pv_tail(self, t: LPvTail) -> None:
@@ -781,7 +687,7 @@ class Converter:
         if self.fmt == "libxl":
             inner = f"libxl v2 -> {inner}"
         env = {"xl": "xl (STREAMv2) -> ", "libvirt": "libvirt (v2, XML) -> ",
-               "xend": "xl (STREAMv2, no config) -> "}.get(self.envelope, "")
+               "xend": "xl (STREAMv2, no config) -> "}.get(self.env.kind, "")
         if not self.opts.keep_envelope:
             env = ""
         return env + inner

@@ -1,14 +1,18 @@
 """What a conversion is given and what it gives back: the options
 (:class:`ConvertOptions`), the result (:class:`ConvertResult`), the error that
-names where the input cannot be converted (:class:`ConversionError`) and the
-converter's version, which the output's domain header carries.
+names where the input cannot be converted (:class:`ConversionError`), the
+converter's version, which the output's domain header carries, and the
+:class:`Context` every piece of one conversion shares (input, output, options,
+result and log).
 """
 
 from __future__ import annotations
 
 from typing import Callable, List, Optional
 
+from xenstream.consumers.convert.sink import Sink
 from xenstream.errors import XenstreamError
+from xenstream.io import Source
 
 CONVERTER_VERSION = 1  # written as the domain header's xen_minor (xen_major 0)
 
@@ -70,3 +74,30 @@ class ConvertResult:
         self.warnings: List[str] = []
         self.sxp: Optional[bytes] = None  # xend config to write beside the output
         self.bytes_written = 0
+
+
+class Context:
+    """What the pieces of one conversion share: the input and the output, the
+    options, the result being filled in and the log (warnings also go into
+    the result)."""
+
+    def __init__(self, src: Source, out: Sink, opts: ConvertOptions,
+                 log: Optional[Log] = None) -> None:
+        self.src = src
+        self.out = out
+        self.opts = opts
+        self.res = ConvertResult()
+        self._log = log
+
+    def hint(self, text: str) -> str:
+        """``text`` (a suggestion of xenstream convert's options) if hints are on."""
+        return text if self.opts.hints else ""
+
+    def info(self, msg: str) -> None:
+        if self._log:
+            self._log("info", msg)
+
+    def warn(self, msg: str) -> None:
+        self.res.warnings.append(msg)
+        if self._log:
+            self._log("warning", msg)
