@@ -27,7 +27,8 @@ from xenstream.consumers.convert.options import (
     Log,
 )
 from xenstream.consumers.convert.pagestate import PageState, decode_page
-from xenstream.consumers.convert.sink import Sink, Staging
+from xenstream.consumers.convert.sink import Sink
+from xenstream.consumers.convert.state import CheckpointState
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR
 from xenstream.formats import legacy, libxc, libxl
@@ -83,29 +84,15 @@ class Converter:
         self.libxl_checker: Optional[LibxlChecker] = None
         self.findings: List[Tuple[str, str, str]] = []
         self.endian = "<"
-        # per-checkpoint state (committed at checkpoint end)
-        self.params: Dict[int, int] = {}
-        self.tail: Optional[Any] = None
-        self.physmap: Optional[List[Tuple[bytes, bytes]]] = None
-        self.qemu_header = b""
-        self.qemu_staged = False
-        self.c_params: Dict[int, int] = {}
-        self.c_tail: Optional[Any] = None
-        self.c_physmap: Optional[List[Tuple[bytes, bytes]]] = None
+        self.cp = CheckpointState(ctx)
+        self._pages_sink = self.cp.pages_sink
         self.verify_written = False
         self.tsc_written = False
-        self.staging: Optional[Staging] = None
         self.state: Optional[PageState] = None
         self.compressed_pending: List[int] = []  # pfns awaiting compressed data
         self.compressed_entries: List[Tuple[int, int]] = []  # (entry, type) of this checkpoint
         self.compressed_buf = b""
         self.pending_index = 0
-        self.checkpoint = 1
-        # device-model record: this checkpoint's (pending) and the last complete one's
-        self.qemu_pending: Optional[Staging] = None
-        self.qemu_stage: Optional[Staging] = None
-        self.qemu_pending_header = b""
-        self.qemu_has_pending = False
         self.parser: Parser
         self.w: LibxcWriter
         self.libxl_w: LibxlWriter
@@ -161,9 +148,9 @@ class Converter:
             except TruncatedError as e:
                 # the converter itself ran out of input while moving a later
                 # checkpoint's payload (a pipe): the same failover rule
-                if self.checkpoint < 2:
+                if self.cp.checkpoint < 2:
                     raise
-                self._item(LTruncated(e.offset, self.checkpoint, e))
+                self._item(LTruncated(e.offset, self.cp.checkpoint, e))
             except FormatError as e:
                 g = self.guess
                 if (g is not None and not g.certain and g.guest == "hvm"
@@ -176,9 +163,9 @@ class Converter:
                 raise ConversionError(0, "expected a legacy stream, found none")
             self._finish()
         finally:
-            for t in (self.staging, self.qemu_stage, self.qemu_pending, self.state):
-                if t is not None:
-                    t.close()
+            self.cp.close()
+            if self.state is not None:
+                self.state.close()
         self.res.bytes_written = self.out.pos
         return self.res
 
@@ -204,18 +191,16 @@ class Converter:
         elif isinstance(item, LBodyEnd):
             self._body_end(item)
         elif isinstance(item, (LHvmTail, LPvTail)):
-            self.c_tail = item
+            self.cp.c_tail = item
         elif isinstance(item, LQemu):
-            self._qemu(item)
+            self.cp.qemu(item)
         elif isinstance(item, LCheckpointEnd):
             self._checkpoint_end(item)
         elif isinstance(item, LTruncated):
             self.warn(f"the Remus stream ends inside checkpoint {item.number} "
                       f"({item.error.message}); converted the state of checkpoint "
                       f"{item.number - 1}, as a failover restore would")
-            if self.staging is not None:
-                self.staging.reset()
-            self.qemu_has_pending = False
+            self.cp.discard()
         else:
             kind = getattr(item, "kind", type(item).__name__)
             raise ConversionError(getattr(item, "offset", 0),
@@ -325,15 +310,6 @@ class Converter:
 
     # -- body ---------------------------------------------------------------------------------
 
-    def _pages_sink(self) -> Sink:
-        """Where this checkpoint's pages go: the output for the first, the
-        staging file for later ones (appended once the checkpoint completes)."""
-        if self.checkpoint == 1:
-            return self.out
-        if self.staging is None:
-            self.staging = Staging(self._tmpdir())
-        return self.staging.sink
-
     def _tmpdir(self) -> Optional[str]:
         return self.opts.tmpdir
 
@@ -418,7 +394,7 @@ class Converter:
                 self.verify_written = True
         elif cid in legacy.HVM_PARAM_CHUNKS:
             assert c.value is not None
-            self.c_params[legacy.HVM_PARAM_CHUNKS[cid]] = c.value
+            self.cp.c_params[legacy.HVM_PARAM_CHUNKS[cid]] = c.value
         elif cid == legacy.CHUNK_TSC_INFO:
             assert c.data is not None
             mode, nsec, khz, inc = struct.unpack("<IQII", c.data)
@@ -441,7 +417,7 @@ class Converter:
             assert hdr is not None
             if hdr.guest == "hvm":
                 try:
-                    self.c_physmap = legacy.physmap_xenstore(legacy.parse_physmap(c.data, hdr.width))
+                    self.cp.c_physmap = legacy.physmap_xenstore(legacy.parse_physmap(c.data, hdr.width))
                 except ValueError as e:
                     raise ConversionError(c.offset, f"toolstack record: {e}") from None
         elif cid == legacy.CHUNK_COMPRESSED_DATA:
@@ -522,39 +498,10 @@ class Converter:
         finally:
             src.close()
 
-    def _qemu(self, q: LQemu) -> None:
-        """The device-model record is staged until its checkpoint completes."""
-        st = self.qemu_pending
-        if st is None:
-            st = self.qemu_pending = Staging(self._tmpdir())
-        st.reset()
-        if q.length is None:
-            for chunk in q.chunks():
-                st.sink.write(chunk)
-        else:
-            st.sink.copy_from(self.src, q.length, q.what)
-            q._left = 0
-        self.qemu_pending_header = q.header
-        self.qemu_has_pending = True
-
     def _checkpoint_end(self, e: LCheckpointEnd) -> None:
-        if e.number > 1:
-            if self.compressed_entries or self.compressed_pending:
-                self._flush_compressed()
-            if self.staging is not None:
-                self.staging.flush_to(self.out)
-        # commit this checkpoint's state
-        self.params.update(self.c_params)
-        self.tail = self.c_tail
-        if self.c_physmap is not None:
-            self.physmap = self.c_physmap
-        if self.qemu_has_pending:
-            self.qemu_pending, self.qemu_stage = self.qemu_stage, self.qemu_pending
-            self.qemu_header = self.qemu_pending_header
-            self.qemu_staged = True
-            self.qemu_has_pending = False
-        self.res.checkpoints = e.number
-        self.checkpoint = e.number + 1
+        if e.number > 1 and (self.compressed_entries or self.compressed_pending):
+            self._flush_compressed()
+        self.cp.end(e)
 
     def _flush_compressed(self) -> None:
         assert self.state is not None
@@ -589,7 +536,7 @@ class Converter:
         hdr = self.hdr
         assert hdr is not None
         w = self.w
-        tail = self.tail
+        tail = self.cp.tail
         if tail is None:
             raise ConversionError(self.src.pos, "the stream ended before its first checkpoint "
                                   "was complete")
@@ -601,16 +548,16 @@ class Converter:
         assert self.libxc_checker is not None
         self.libxc_checker.finish()
         self._check_findings()
-        if self.qemu_staged and self.env.device_model() == "traditional":
+        if self.cp.qemu_staged and self.env.device_model() == "traditional":
             self.warn("the device-model state is qemu-traditional's (as the image's "
                       f"{self.env.kind} configuration says): Xen >= 4.21 no longer runs that "
                       "device model")
         if self.fmt == "libxl":
             self._libxl_tail()
-        elif self.qemu_staged and self.qemu_stage is not None:
+        elif self.cp.qemu_staged and self.cp.qemu_stage is not None:
             # libxc output: keep the qemu record after the stream, as upstream does
-            self.out.write(self.qemu_header)
-            self.qemu_stage.flush_to(self.out)
+            self.out.write(self.cp.qemu_header)
+            self.cp.qemu_stage.flush_to(self.out)
         self.out.flush()
         self.res.envelope = self.env.kind
         self.res.output = self._describe()
@@ -637,7 +584,7 @@ class Converter:
 
     def _hvm_tail(self, t: LHvmTail) -> None:
         w = self.w
-        params = dict(self.params)
+        params = dict(self.cp.params)
         ioreq, bufioreq, store = t.magic_pfns
         for idx, val in ((5, ioreq), (6, bufioreq), (1, store)):
             params[idx] = val
@@ -657,25 +604,25 @@ class Converter:
         hdr = self.hdr
         assert hdr is not None
         if hdr.guest == "hvm":
-            if self.physmap:
-                raw = b"".join(k + b"\0" + v + b"\0" for k, v in self.physmap)
+            if self.cp.physmap:
+                raw = b"".join(k + b"\0" + v + b"\0" for k, v in self.cp.physmap)
                 body = libxl.EMULATOR_HDR.pack("<", id=libxl.EMULATOR_UNKNOWN, index=0) + raw
                 lw.record(libxl.REC_TYPE_EMULATOR_XENSTORE_DATA, body)
                 chk.record(libxl.REC_TYPE_EMULATOR_XENSTORE_DATA, len(body), body[:8],
                            guest="hvm", in_checkpoint=False, colo=False, after_libxc=True,
                            rest=[body[8:]])
-            if self.qemu_staged and self.qemu_stage is not None:
-                n = self.qemu_stage.sink.pos
+            if self.cp.qemu_staged and self.cp.qemu_stage is not None:
+                n = self.cp.qemu_stage.sink.pos
                 ehdr = libxl.EMULATOR_HDR.pack("<", id=libxl.EMULATOR_UNKNOWN, index=0)
                 self.out.write(struct.pack("<II", libxl.REC_TYPE_EMULATOR_CONTEXT, 8 + n))
                 self.out.write(ehdr)
-                self.qemu_stage.sink.flush()
-                head = os.pread(self.qemu_stage.fd, 64, 0)
-                self.qemu_stage.flush_to(self.out)
+                self.cp.qemu_stage.sink.flush()
+                head = os.pread(self.cp.qemu_stage.fd, 64, 0)
+                self.cp.qemu_stage.flush_to(self.out)
                 self.out.write(b"\0" * ((-(8 + n)) & 7))
                 chk.record(libxl.REC_TYPE_EMULATOR_CONTEXT, 8 + n, ehdr + head[:4],
                            guest="hvm", in_checkpoint=False, colo=False, after_libxc=True)
-        elif self.qemu_staged:
+        elif self.cp.qemu_staged:
             self.warn("a device-model record after a PV stream was dropped")
         lw.end()
         chk.record(libxl.REC_TYPE_END, 0, b"", guest=hdr.guest, in_checkpoint=False,
