@@ -26,7 +26,7 @@ from xenstream.consumers.convert.options import (
     ConvertResult,
     Log,
 )
-from xenstream.consumers.convert.pagestate import PageState, decode_page
+from xenstream.consumers.convert.pagestate import CompressedCheckpoints
 from xenstream.consumers.convert.sink import Sink
 from xenstream.consumers.convert.state import CheckpointState
 from xenstream.errors import FormatError, TruncatedError
@@ -88,11 +88,7 @@ class Converter:
         self._pages_sink = self.cp.pages_sink
         self.verify_written = False
         self.tsc_written = False
-        self.state: Optional[PageState] = None
-        self.compressed_pending: List[int] = []  # pfns awaiting compressed data
-        self.compressed_entries: List[Tuple[int, int]] = []  # (entry, type) of this checkpoint
-        self.compressed_buf = b""
-        self.pending_index = 0
+        self.compressed = CompressedCheckpoints(ctx, self.cp.pages_sink)
         self.parser: Parser
         self.w: LibxcWriter
         self.libxl_w: LibxlWriter
@@ -164,8 +160,7 @@ class Converter:
             self._finish()
         finally:
             self.cp.close()
-            if self.state is not None:
-                self.state.close()
+            self.compressed.close()
         self.res.bytes_written = self.out.pos
         return self.res
 
@@ -310,9 +305,6 @@ class Converter:
 
     # -- body ---------------------------------------------------------------------------------
 
-    def _tmpdir(self) -> Optional[str]:
-        return self.opts.tmpdir
-
     def _batch(self, b: LBatch) -> None:
         hdr = self.hdr
         assert hdr is not None
@@ -332,11 +324,7 @@ class Converter:
             keep.append(e)
         if self.parser.legacy_parser is not None and self.parser.legacy_parser.compressing:
             # compressed checkpoint: data arrives later in COMPRESSED_DATA chunks
-            for e in keep:
-                t = (e & legacy.PFINFO_TYPE_MASK) >> legacy.PFINFO_TYPE_SHIFT
-                self.compressed_entries.append((e, t))
-                if t not in legacy.NO_DATA_TYPES:
-                    self.compressed_pending.append(e & legacy.PFINFO_PFN_MASK)
+            self.compressed.batch(keep)
             return
         self._page_data(b, keep)
 
@@ -421,114 +409,18 @@ class Converter:
                 except ValueError as e:
                     raise ConversionError(c.offset, f"toolstack record: {e}") from None
         elif cid == legacy.CHUNK_COMPRESSED_DATA:
-            self._compressed(c)
+            self.compressed.data(c)
         # VCPU_INFO, LAST_CHECKPOINT, ENABLE_COMPRESSION: the parser keeps them
-
-    def _compressed(self, c: LChunk) -> None:
-        """Decode compressed pages onto their previous copies, in bounded pieces;
-        a page may continue in the next COMPRESSED_DATA chunk."""
-        if self.state is None:
-            if self.out.fd is not None:
-                raise ConversionError(c.offset, "compressed data, but compression was never "
-                                      "enabled (no ENABLE_COMPRESSION in the first checkpoint)")
-            self.state = PageState(self._tmpdir())  # dry run: check the encoding only
-        left = c.length
-        while left:
-            piece = c.read(min(left, 1 << 20))
-            left -= len(piece)
-            data = self.compressed_buf + piece if self.compressed_buf else piece
-            pos = 0
-            while pos < len(data):
-                if self.pending_index >= len(self.compressed_pending):
-                    raise ConversionError(c.offset, "more compressed data than pages awaiting "
-                                          "it in this checkpoint")
-                pfn = self.compressed_pending[self.pending_index]
-                try:
-                    page, npos = decode_page(self.state.get(pfn), data, pos)
-                except ValueError as e:
-                    if "ends" in str(e):
-                        break  # the page continues in the next piece or chunk
-                    raise ConversionError(c.offset, f"malformed compressed page for pfn "
-                                          f"{pfn:#x}: {e}") from None
-                self.state.put(pfn, page)
-                self.pending_index += 1
-                pos = npos
-            self.compressed_buf = data[pos:]
 
     def _body_end(self, e: LBodyEnd) -> None:
         lp = self.parser.legacy_parser
-        if e.checkpoint == 1 and lp is not None and lp.compression_enabled and self.state is None:
-            self._build_page_state()
-
-    def _build_page_state(self) -> None:
-        """Compression was enabled: later checkpoints are decoded onto the pages
-        of the first, which are in the output so far; copy them into the sparse
-        page-state file (reading our own output, never the input again)."""
-        if self.out.fd is None:
-            # dry run: nothing to read back; decoding onto zero pages still
-            # checks the encoding of every compressed page
-            self.state = PageState(self._tmpdir())
-            return
-        if not self.out.regular:
-            raise ConversionError(self.src.pos, "a compressed Remus stream can only be converted "
-                                  "to a regular file (its pages must be read back)")
-        self.state = PageState(self._tmpdir())
-        from xenstream.reading.parser import Parser as P
-
-        self.out.flush()
-        try:  # the output may be open write-only (a shell redirection)
-            rfd = os.open(f"/proc/self/fd/{self.out.fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            raise ConversionError(self.src.pos, "a compressed Remus stream needs an output that "
-                                  "can be read back (its pages are decoded against them)") from None
-        src = Source(rfd, close_fd=True)
-        src.pos = src.start = 0
-        src.size = self.out.pos
-        try:
-            for it in P(src).items():
-                if getattr(it, "layer", "") == "libxc" and getattr(it, "rtype", -1) == 1:
-                    rec: Any = it
-                    count, _ = struct.unpack("<II", rec.read(8))
-                    ents = struct.unpack(f"<{count}Q", rec.read(8 * count))
-                    for ent in ents:
-                        if (ent >> 60) not in libxc.NO_DATA_PAGE_TYPES:
-                            self.state.put(ent & libxc.PAGE_DATA_PFN_MASK, rec.read(PAGE))
-        except TruncatedError:
-            pass  # the output so far ends here, mid-stream
-        finally:
-            src.close()
+        if e.checkpoint == 1 and lp is not None and lp.compression_enabled:
+            self.compressed.enable()
 
     def _checkpoint_end(self, e: LCheckpointEnd) -> None:
-        if e.number > 1 and (self.compressed_entries or self.compressed_pending):
-            self._flush_compressed()
+        if e.number > 1:
+            self.compressed.end_checkpoint()
         self.cp.end(e)
-
-    def _flush_compressed(self) -> None:
-        assert self.state is not None
-        missing = len(self.compressed_pending) - self.pending_index
-        if missing or self.compressed_buf:
-            raise ConversionError(self.src.pos, f"malformed compressed checkpoint: {missing} "
-                                  f"pages have no data, {len(self.compressed_buf)} bytes of "
-                                  "compressed data are left over")
-        self.compressed_pending = []
-        self.pending_index = 0
-        ents = self.compressed_entries
-        sink = self._pages_sink()
-        for i in range(0, len(ents), 1024):
-            chunk = ents[i : i + 1024]
-            words = [((e & legacy.PFINFO_TYPE_MASK) << 32) | (e & legacy.PFINFO_PFN_MASK)
-                     for e, _t in chunk]
-            datas = [self.state.get(e & legacy.PFINFO_PFN_MASK) for e, t in chunk
-                     if t not in legacy.NO_DATA_TYPES]
-            length = 8 + 8 * len(words) + PAGE * len(datas)
-            sink.write(struct.pack("<II", libxc.REC_TYPE_PAGE_DATA, length))
-            sink.write(libxc.PAGE_DATA_HDR.pack("<", count=len(words), _res1=0))
-            sink.write(struct.pack(f"<{len(words)}Q", *words))
-            for d in datas:
-                sink.write(d)
-            self.res.pages += len(datas)
-            self.res.records += 1
-        self.compressed_entries = []
 
     # -- the end -------------------------------------------------------------------------
 
