@@ -200,8 +200,9 @@ class Sink:
 
 
 class Staging:
-    """A temporary file (mode 0600, unlinked at once) that stages a later
-    Remus checkpoint until it is known to be complete."""
+    """A temporary file (mode 0600, unlinked at once) that stages output (a
+    later Remus checkpoint's pages, a device-model record) until it is known
+    to be complete."""
 
     def __init__(self, directory: Optional[str]) -> None:
         fd, path = tempfile.mkstemp(prefix=".xenstream-stage-", dir=directory)
