@@ -1,29 +1,35 @@
-"""Legacy (Xen <= 4.5) save images to streams current Xen restores.
-
-A consumer of the pull parser: the legacy items of :mod:`xenstream.formats.legacy`
-become libxc v3 (or v2) records, inside a libxl v2 stream when the image is an
-xl, libvirt or xend one, and the envelope is kept (xl gets its STREAMv2 flag,
-libvirt its version 2).  Page payloads move from input to output without
-passing through Python where the OS allows (:class:`Sink`).  A checkpointed
-(Remus) stream collapses to the state of its last complete checkpoint: later
-checkpoints are staged in a temporary file and appended only once complete,
-and compressed pages are decoded onto the previous copy of each page kept in a
-sparse temporary file.
+"""Legacy (Xen <= 4.5) save images to streams current Xen restores: the
+:class:`Converter`, a consumer of the pull parser.  It takes the items of a
+legacy image one by one, checks the options given against what the stream
+says, and hands each item to the piece that owns it: the envelope and its
+configuration to :class:`~xenstream.consumers.convert.envelope.Envelope`, what
+a checkpoint says (committed at its end, so that a Remus stream converts to
+its last complete checkpoint) to
+:class:`~xenstream.consumers.convert.state.CheckpointState`, compressed Remus
+pages to :class:`~xenstream.consumers.convert.pagestate.CompressedCheckpoints`,
+and everything that becomes libxc v3 (or v2) records, inside a libxl v2 stream
+for xl, libvirt and xend images, to
+:class:`~xenstream.consumers.convert.emit.V2Emitter`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import stat
-import struct
-import tempfile
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional
 
-from xenstream.errors import FormatError, TruncatedError, XenstreamError
-from xenstream.findings import ERROR
-from xenstream.formats import legacy, libxc, libxl, xl
+from xenstream.consumers.convert.emit import V2Emitter
+from xenstream.consumers.convert.envelope import Envelope
+from xenstream.consumers.convert.options import (
+    Context,
+    ConversionError,
+    ConvertOptions,
+    ConvertResult,
+    Log,
+)
+from xenstream.consumers.convert.pagestate import CompressedCheckpoints
+from xenstream.consumers.convert.sink import Sink
+from xenstream.consumers.convert.state import CheckpointState
+from xenstream.errors import FormatError, TruncatedError
+from xenstream.formats import legacy
 from xenstream.formats.legacy import (
     LBatch,
     LBatchRun,
@@ -36,461 +42,29 @@ from xenstream.formats.legacy import (
     LQemu,
     LTruncated,
 )
-from xenstream.formats.libxc import LibxcChecker
-from xenstream.formats.libxl import LibxlChecker
 from xenstream.io import Source
 from xenstream.reading.legacy import LegacyOptions
 from xenstream.reading.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
-from xenstream.writers.v2 import LibxcWriter, LibxlWriter
-
-CONVERTER_VERSION = 1  # written as the domain header's xen_minor (xen_major 0)
-PAGE = 4096
-COPY_CHUNK = 1 << 20
-_PAGE_DATA_HEAD = struct.Struct("<IIII")
-_PFN_STRUCTS: Dict[int, struct.Struct] = {}
-
-
-def _pfn_struct(count: int) -> struct.Struct:
-    st = _PFN_STRUCTS.get(count)
-    if st is None:
-        st = _PFN_STRUCTS[count] = struct.Struct(f"<{count}Q")
-    return st
-
-
-OUT_BUFFER = 256 << 10  # gathered output written in chunks of this size
-SMALL_COPY = 64 << 10  # payloads up to this size go through the output buffer
-
-Log = Callable[[str, str], None]  # (level "info"|"warning", message)
-
-
-class ConversionError(XenstreamError):
-    """The input cannot be converted; ``offset`` names where."""
-
-    def __init__(self, offset: int, message: str) -> None:
-        super().__init__(message)
-        self.offset = offset
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"offset {self.offset:#x}: {self.message}"
-
-
-# -- output --------------------------------------------------------------------
-
-
-class Sink:
-    """Forward-only output on a descriptor.  :meth:`copy_from` moves bytes from
-    a :class:`Source` with ``copy_file_range`` (file to file), ``sendfile``
-    (file to pipe/socket) or ``splice`` (from a pipe), falling back to a
-    reusable buffer.  ``fd`` None discards everything (dry run)."""
-
-    def __init__(self, fd: Optional[int]) -> None:
-        self.fd = fd
-        self.pos = 0
-        self._buf: Optional[bytearray] = None
-        #: small writes and small page payloads gather here, written in big chunks
-        self._out = bytearray()  # allocated on first use (OUT_BUFFER + SMALL_COPY)
-        self._n = 0
-        self.regular = False
-        self.pipe = False
-        if fd is not None:
-            st = os.fstat(fd)
-            self.regular = stat.S_ISREG(st.st_mode)
-            self.pipe = stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)
-            if self.regular:
-                self.pos = os.lseek(fd, 0, os.SEEK_CUR)
-        self.kernel_copies = 0
-        self._cfr_ok = True
-        self._sendfile_ok = True
-
-    def write(self, data: Union[bytes, bytearray, memoryview]) -> int:
-        n = len(data)
-        if self.fd is not None and n:
-            if not self._out:
-                self._out = bytearray(OUT_BUFFER + SMALL_COPY)
-            if self._n + n > len(self._out):
-                self.flush()
-                if n > len(self._out):
-                    self._write_all(data)
-                    self.pos += n
-                    return n
-            self._out[self._n : self._n + n] = data
-            self._n += n
-            if self._n >= OUT_BUFFER:
-                self.flush()
-        self.pos += n
-        return n
-
-    def _write_all(self, data: Any) -> None:
-        assert self.fd is not None
-        view = memoryview(data)
-        while view:
-            w = os.write(self.fd, view)
-            view = view[w:]
-
-    def flush(self) -> None:
-        """Write out what :meth:`write` gathered."""
-        if self.fd is not None and self._n:
-            with memoryview(self._out) as mv:
-                self._write_all(mv[: self._n])
-            self._n = 0
-
-    def discard(self) -> None:
-        """Forget what was gathered and not yet written."""
-        self._n = 0
-
-    def copy_from(self, src: Source, n: int, what: str) -> None:
-        """Move ``n`` bytes from ``src`` (consuming them) to the output: small
-        payloads through the reusable output buffer, large ones by the kernel."""
-        if n <= 0:
-            return
-        at = src.pos
-        if self.fd is None:
-            src.skip(n, what=what, layer="legacy")
-            self.pos += n
-            return
-        if n <= SMALL_COPY:
-            self._gather(n, src.readinto, at, what)
-            return
-        self.flush()
-        left = n
-        pb = src.take_pushback(left)
-        if pb:
-            self.write(pb)
-            left -= len(pb)
-        if src.seekable:
-            rem = src.remaining()
-            if rem is not None and rem < n:
-                src.skip(n, what=what, layer="legacy")  # raises TruncatedError
-            left = self._copy_seekable(src, left)
-        elif hasattr(os, "splice"):
-            left = self._splice(src, left)
-        while left:
-            if self._buf is None:
-                self._buf = bytearray(COPY_CHUNK)
-            view = memoryview(self._buf)[: min(left, COPY_CHUNK)]
-            got = src.readinto(view)
-            if not got:
-                raise TruncatedError(src.pos, left, n - left, what=what, layer="legacy")
-            self._write_all(view[:got])
-            self.pos += got
-            left -= got
-
-    def _gather(self, n: int, fill: Callable[[memoryview], int], at: int, what: str) -> None:
-        """Read ``n`` bytes with ``fill`` straight into the output buffer."""
-        if not self._out:
-            self._out = bytearray(OUT_BUFFER + SMALL_COPY)
-        if self._n + n > len(self._out):
-            self.flush()
-        with memoryview(self._out) as mv:
-            got = fill(mv[self._n : self._n + n])
-        if got != n:
-            raise TruncatedError(at, n, got, what=what, layer="legacy")
-        self._n += n
-        self.pos += n
-        if self._n >= OUT_BUFFER:
-            self.flush()
-
-    def copy_at(self, in_fd: int, offset: int, n: int) -> None:
-        """Move ``n`` bytes at ``offset`` of a seekable input (checked by the
-        caller to lie within it), without touching the input's position."""
-        if self.fd is None:
-            self.pos += n
-            return
-        if n <= SMALL_COPY:
-            self._gather(n, lambda v: os.preadv(in_fd, [v], offset), offset, "page data")
-            return
-        src = Source(in_fd)
-        src.pos = offset
-        try:
-            self.copy_from(src, n, "page data")
-        finally:
-            src.pos = src.start  # leave the shared descriptor's offset alone
-            src.close()
-
-    def _copy_seekable(self, src: Source, left: int) -> int:
-        """copy_file_range to a regular file (it fails across filesystems on
-        older kernels), else sendfile, which takes any output on Linux."""
-        assert self.fd is not None
-        fd = self.fd
-        ways = []
-        if self.regular and self._cfr_ok and hasattr(os, "copy_file_range"):
-            ways.append("cfr")
-        if self._sendfile_ok:
-            ways.append("sendfile")
-        for way in ways:
-            try:
-                while left:
-                    n = min(left, 1 << 30)
-                    if way == "cfr":
-                        w = os.copy_file_range(src.fd, fd, n, src.pos)
-                    else:
-                        w = os.sendfile(fd, src.fd, src.pos, n)
-                    if w <= 0:
-                        break
-                    src.pos += w
-                    self.pos += w
-                    left -= w
-                    self.kernel_copies += 1
-                return left
-            except OSError:
-                if way == "cfr":
-                    self._cfr_ok = False
-                else:
-                    self._sendfile_ok = False
-        return left
-
-    def _splice(self, src: Source, left: int) -> int:
-        assert self.fd is not None
-        splice = os.splice  # type: ignore[attr-defined]
-        try:
-            while left:
-                w = splice(src.fd, self.fd, min(left, 1 << 20))
-                if w <= 0:
-                    break
-                src.pos += w
-                self.pos += w
-                left -= w
-                self.kernel_copies += 1
-        except OSError:
-            pass
-        return left
-
-
-class _Staging:
-    """A temporary file (mode 0600, unlinked at once) that stages a later
-    Remus checkpoint until it is known to be complete."""
-
-    def __init__(self, directory: Optional[str]) -> None:
-        fd, path = tempfile.mkstemp(prefix=".xenstream-stage-", dir=directory)
-        os.unlink(path)
-        self.fd = fd
-        self.sink = Sink(fd)
-        self.sink.regular = True
-
-    def reset(self) -> None:
-        self.sink.discard()
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self.sink.pos = 0
-
-    def flush_to(self, out: Sink) -> None:
-        self.sink.flush()
-        n = self.sink.pos
-        stage_src = Source(self.fd)
-        stage_src.pos = 0
-        stage_src.size = n
-        out.copy_from(stage_src, n, "staged checkpoint")
-        self.reset()
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class _PageState:
-    """Sparse temporary file holding the current copy of every page
-    (offset ``pfn * 4096``), for decoding compressed Remus checkpoints."""
-
-    def __init__(self, directory: Optional[str]) -> None:
-        fd, path = tempfile.mkstemp(prefix=".xenstream-pages-", dir=directory)
-        os.unlink(path)
-        self.fd = fd
-
-    def get(self, pfn: int) -> bytes:
-        data = os.pread(self.fd, PAGE, pfn * PAGE)
-        return data + bytes(PAGE - len(data)) if len(data) < PAGE else data
-
-    def put(self, pfn: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, pfn * PAGE)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# -- Remus page compression (xc_compression.c) ---------------------------------------
-
-
-def decode_page(prev: bytes, data: bytes, pos: int) -> Tuple[bytes, int]:
-    """Apply one compressed page at ``data[pos:]`` onto ``prev``; return the new
-    page and the position after it.  Raises ValueError on malformed data."""
-    if pos >= len(data):
-        raise ValueError("compressed data ends before the page")
-    b = data[pos]
-    if b == 0x00:  # EMPTY_PAGE: unchanged
-        return prev, pos + 1
-    if b == 0x80:  # FULL_PAGE
-        if pos + 1 + PAGE > len(data):
-            raise ValueError("compressed data ends inside a full page")
-        return data[pos + 1 : pos + 1 + PAGE], pos + 1 + PAGE
-    page = bytearray(prev)
-    off = 0
-    while off < PAGE:
-        if pos >= len(data):
-            raise ValueError("compressed data ends inside a page")
-        b = data[pos]
-        pos += 1
-        n = (b & 0x7F) * 4
-        if n == 0:
-            raise ValueError(f"run of length 0 at page offset {off}")
-        if off + n > PAGE:
-            raise ValueError(f"run of {n} bytes at page offset {off} overruns the page")
-        if b & 0x80:
-            off += n  # skip: unchanged bytes
-        else:
-            if pos + n > len(data):
-                raise ValueError("compressed data ends inside a copy run")
-            page[off : off + n] = data[pos : pos + n]
-            pos += n
-            off += n
-    return bytes(page), pos
-
-
-# -- options and result ----------------------------------------------------------------
-
-
-class ConvertOptions:
-    def __init__(self, *, out_format: Optional[str] = None, stream_version: int = 3,
-                 width: Optional[int] = None, guest: Optional[str] = None, force: bool = False,
-                 width_hint: Optional[int] = None, skip_qemu: bool = False,
-                 drop_tmem: bool = False, xl: Optional[bool] = None,
-                 tmpdir: Optional[str] = None, keep_envelope: bool = True,
-                 progress: Optional[Callable[[int], None]] = None,
-                 hints: bool = True, upstream_xl: bool = False) -> None:
-        self.out_format = out_format  # "libxc" | "libxl" | None: from the envelope
-        self.stream_version = stream_version
-        self.width = width  # forced toolstack width in bytes (error on contradiction)
-        self.width_hint = width_hint  # the drop-in's -w: content overrides it with a warning
-        self.guest = guest
-        self.force = force
-        self.skip_qemu = skip_qemu
-        self.drop_tmem = drop_tmem
-        self.xl = xl  # drop-in -x: True requires an xl header, False forbids one
-        self.tmpdir = tmpdir
-        #: False (the drop-in): write the bare stream, as upstream's converter did
-        self.keep_envelope = keep_envelope
-        self.progress = progress  # called with the input offset now and then
-        #: error messages may suggest xenstream convert's options (not the drop-in's)
-        self.hints = hints
-        #: the drop-in's -x: copy the xl header and optional data as upstream
-        #: did, adding STREAMv2 only for libxl output
-        self.upstream_xl = upstream_xl
-
-
-class ConvertResult:
-    def __init__(self) -> None:
-        self.envelope = ""
-        self.output = ""  # description of what was written
-        self.width = 0
-        self.guest = ""
-        self.pages = 0
-        self.records = 0
-        self.checkpoints = 0
-        self.warnings: List[str] = []
-        self.sxp: Optional[bytes] = None  # xend config to write beside the output
-        self.bytes_written = 0
-
-
-# -- the converter ---------------------------------------------------------------------------
 
 
 class Converter:
+    """Converts the legacy image read from ``src`` into ``sink`` (:meth:`run`)."""
+
     def __init__(self, src: Source, sink: Sink, opts: Optional[ConvertOptions] = None,
                  log: Optional[Log] = None) -> None:
+        self.ctx = ctx = Context(src, sink, opts or ConvertOptions(), log)
         self.src = src
         self.out = sink
-        self.opts = opts or ConvertOptions()
-        self._log = log
-        self.res = ConvertResult()
-        self.fmt = "libxc"
-        self.envelope = "bare"
+        self.opts = ctx.opts
+        self.res = ctx.res
+        self.info, self.warn, self._hint = ctx.info, ctx.warn, ctx.hint  # for short
+        self.env = Envelope(ctx)
         self.hdr: Optional[LHeader] = None
-        self.xl_hdr: Optional[Header] = None
-        self.xl_cfg: Optional[XlConfig] = None
-        self.libvirt_hdr: Optional[Header] = None
-        self.libvirt_xml: Optional[bytes] = None
-        self.xenopsd_legacy = False
         self.guess: Optional[legacy.LegacyGuess] = None
-        # libxc output state
-        self.libxc_checker: Optional[LibxcChecker] = None
-        self.libxl_checker: Optional[LibxlChecker] = None
-        self.findings: List[Tuple[str, str, str]] = []
-        self.endian = "<"
-        # per-checkpoint state (committed at checkpoint end)
-        self.params: Dict[int, int] = {}
-        self.tail: Optional[Any] = None
-        self.physmap: Optional[List[Tuple[bytes, bytes]]] = None
-        self.qemu_header = b""
-        self.qemu_staged = False
-        self.c_params: Dict[int, int] = {}
-        self.c_tail: Optional[Any] = None
-        self.c_physmap: Optional[List[Tuple[bytes, bytes]]] = None
-        self.verify_written = False
-        self.tsc_written = False
-        self.staging: Optional[_Staging] = None
-        self.state: Optional[_PageState] = None
-        self.compressed_pending: List[int] = []  # pfns awaiting compressed data
-        self.compressed_entries: List[Tuple[int, int]] = []  # (entry, type) of this checkpoint
-        self.compressed_buf = b""
-        self.pending_index = 0
-        self.checkpoint = 1
-        # device-model record: this checkpoint's (pending) and the last complete one's
-        self.qemu_pending: Optional[_Staging] = None
-        self.qemu_stage: Optional[_Staging] = None
-        self.qemu_pending_header = b""
-        self.qemu_has_pending = False
+        self.cp = CheckpointState(ctx)
+        self.compressed = CompressedCheckpoints(ctx, self.cp.pages_sink)
+        self.emit = V2Emitter(ctx, self.env, self.cp)
         self.parser: Parser
-        self.w: LibxcWriter
-        self.libxl_w: LibxlWriter
-
-    # -- logging ------------------------------------------------------------------------
-
-    def _hint(self, text: str) -> str:
-        return text if self.opts.hints else ""
-
-    def info(self, msg: str) -> None:
-        if self._log:
-            self._log("info", msg)
-
-    def warn(self, msg: str) -> None:
-        self.res.warnings.append(msg)
-        if self._log:
-            self._log("warning", msg)
-
-    # -- output helpers (every record is checked as it is written) ------------------
-
-    def _report(self, severity: str, rule: str, authority: str, tolerated: bool,
-                message: str, **_: Any) -> None:
-        if severity != ERROR or rule == "tsc-mode-pvrdtscp":
-            return
-        if rule.startswith("hvm-"):
-            # the hypervisor's own checks of the HVM context changed between
-            # releases; carry the guest's context as saved and say so
-            self.warn(f"HVM context: {message} (rule {rule}); kept as saved")
-            return
-        self.findings.append((rule, authority, message))
-
-    def _libxc_record(self, w: LibxcWriter, rtype: int, body: bytes) -> None:
-        w.record(rtype, body)
-        self.res.records += 1
-        if self.libxc_checker is not None:
-            view = memoryview(body)
-            pos = [0]
-
-            def read_prefix(n: int) -> bytes:
-                data = bytes(view[pos[0] : pos[0] + n])
-                pos[0] += n
-                return data
-
-            self.libxc_checker.record(rtype, len(body),
-                                      None if rtype == libxc.REC_TYPE_PAGE_DATA else body,
-                                      read_prefix)
-            self._check_findings()
-
-    def _check_findings(self) -> None:
-        if self.findings:
-            rule, _auth, msg = self.findings[0]
-            raise ConversionError(self.src.pos, f"the converted stream would break rule "
-                                  f"{rule}: {msg}")
 
     # -- main ---------------------------------------------------------------------------
 
@@ -507,9 +81,9 @@ class Converter:
             except TruncatedError as e:
                 # the converter itself ran out of input while moving a later
                 # checkpoint's payload (a pipe): the same failover rule
-                if self.checkpoint < 2:
+                if self.cp.checkpoint < 2:
                     raise
-                self._item(LTruncated(e.offset, self.checkpoint, e))
+                self._item(LTruncated(e.offset, self.cp.checkpoint, e))
             except FormatError as e:
                 g = self.guess
                 if (g is not None and not g.certain and g.guest == "hvm"
@@ -520,28 +94,24 @@ class Converter:
                 raise
             if self.hdr is None:
                 raise ConversionError(0, "expected a legacy stream, found none")
-            self._finish()
+            self.emit.finish()
         finally:
-            for t in (self.staging, self.qemu_stage, self.qemu_pending, self.state):
-                if t is not None:
-                    t.close()
+            self.cp.close()
+            self.compressed.close()
         self.res.bytes_written = self.out.pos
         return self.res
 
     def _item(self, item: Any) -> None:
         if type(item) is LBatchRun:  # by far the most frequent
-            self._batch_run(item)
+            self.emit.batch_run(item)
         elif type(item) is LBatch:
             self._batch(item)
         elif isinstance(item, Header):
-            self._header(item)
+            self.env.header(item)
         elif isinstance(item, XlConfig):
-            self.xl_cfg = item
+            self.env.xl_cfg = item
         elif isinstance(item, EnvelopeData):
-            if item.layer == "libvirt":
-                self.libvirt_xml = item.data
-            elif item.layer == "xend":
-                self.res.sxp = item.data
+            self.env.data(item)
         elif isinstance(item, Legacy):
             self._legacy_marker(item)
         elif isinstance(item, LHeader):
@@ -553,69 +123,28 @@ class Converter:
         elif isinstance(item, LBodyEnd):
             self._body_end(item)
         elif isinstance(item, (LHvmTail, LPvTail)):
-            self.c_tail = item
+            self.cp.c_tail = item
         elif isinstance(item, LQemu):
-            self._qemu(item)
+            self.cp.qemu(item)
         elif isinstance(item, LCheckpointEnd):
             self._checkpoint_end(item)
         elif isinstance(item, LTruncated):
             self.warn(f"the Remus stream ends inside checkpoint {item.number} "
                       f"({item.error.message}); converted the state of checkpoint "
                       f"{item.number - 1}, as a failover restore would")
-            if self.staging is not None:
-                self.staging.reset()
-            self.qemu_has_pending = False
+            self.cp.discard()
         else:
             kind = getattr(item, "kind", type(item).__name__)
             raise ConversionError(getattr(item, "offset", 0),
                                   f"expected a legacy stream, found {kind}: this image is "
                                   "already in the v2 format (nothing to convert)")
 
-    def _device_model(self) -> Optional[str]:
-        if self.xl_cfg is not None and self.xl_hdr is not None:
-            kind = ("xl-json" if self.xl_hdr.fields["mandatory_flags"] & xl.MANDATORY_FLAG_JSON
-                    else "xl-cfg")
-            return device_model("xl", kind, self.xl_cfg.config)
-        if self.libvirt_xml is not None:
-            return device_model("libvirt", "libvirt-xml", self.libvirt_xml)
-        return device_model(self.envelope, None, None)
-
-    def _config_guest(self) -> Optional[str]:
-        from xenstream.consumers.config import guest_type_of
-
-        if self.xl_cfg is not None and self.xl_cfg.config:
-            return guest_type_of("xl-json", self.xl_cfg.config)
-        if self.libvirt_xml:
-            return guest_type_of("libvirt-xml", self.libvirt_xml)
-        if self.res.sxp:
-            return guest_type_of("xend-sxp", self.res.sxp)
-        return None
-
-    def _header(self, h: Header) -> None:
-        if h.kind == "xl header":
-            self.envelope = "xl"
-            self.xl_hdr = h
-            if h.fields["mandatory_flags"] & xl.MANDATORY_FLAG_STREAMV2:
-                raise ConversionError(h.offset, "expected an xl save file without STREAMv2, "
-                                      "found one with it: already a v2 image, nothing to convert")
-        elif h.kind == "libvirt header":
-            self.envelope = "libvirt"
-            self.libvirt_hdr = h
-        elif h.kind == "xend header":
-            self.envelope = "xend"
-        elif h.kind == "xenopsd legacy signature":
-            self.envelope = "xenopsd"
-            self.xenopsd_legacy = True
-        else:
-            raise ConversionError(h.offset, f"expected a legacy image, found a {h.kind}: "
-                                  "already in the v2 format (nothing to convert)")
-
     def _legacy_marker(self, item: Legacy) -> None:
         o = self.opts
-        if o.xl is True and self.envelope != "xl":
+        if o.xl is True and self.env.kind != "xl":
             raise ConversionError(item.offset, "expected an xl header (-x/--xl given), found "
                                   "none: drop -x for a bare legacy stream")
-        if o.xl is False and self.envelope == "xl":
+        if o.xl is False and self.env.kind == "xl":
             raise ConversionError(0, "found an xl save-file header: pass -x/--xl to convert an "
                                   "xl file")
         g = self.guess = item.guess
@@ -630,7 +159,7 @@ class Converter:
             self.warn(f"the stream's layout is not recognised: reading it as a "
                       f"{width * 8}-bit-toolstack {o.guest.upper()} stream as given")
             return
-        cfg_guest = self._config_guest()
+        cfg_guest = self.env.config_guest()
         if o.guest is None and cfg_guest == "pv" and g.guest == "hvm" and not g.certain:
             lo.guest = "pv"
             self.info("reading the stream as PV without extended info (pre-3.1 layout), as the "
@@ -659,7 +188,7 @@ class Converter:
             self.warn(f"--width {o.width_hint * 8} overridden: the stream was saved by a "
                       f"{g.width * 8}-bit toolstack")
 
-    # -- legacy header -> v2 headers --------------------------------------------------------
+    # -- the legacy header -------------------------------------------------------------------
 
     def _start(self, h: LHeader) -> None:
         self.hdr = h
@@ -668,104 +197,19 @@ class Converter:
             lp.bulk = True  # page data is moved by offset
         self.res.width = h.width * 8
         self.res.guest = h.guest
-        o = self.opts
-        if o.out_format:
-            self.fmt = o.out_format
-        else:
-            self.fmt = "libxl" if self.envelope in ("xl", "libvirt", "xend") else "libxc"
-        if (o.keep_envelope and not o.upstream_xl and self.envelope in ("xl", "libvirt", "xend")
-                and self.fmt != "libxl"):
-            raise ConversionError(h.offset, f"a {self.envelope} image needs a libxl stream "
-                                  "inside; --format libxc applies to bare legacy streams only")
-        self._write_envelope()
-        if self.fmt == "libxl":
-            lw = LibxlWriter(self.out)
-            lw.header(options=libxl.HDR_OPT_LEGACY)
-            self.libxl_w = lw
-            self.libxl_checker = LibxlChecker(self._report)
-            lw.libxc_context()
-            self.libxl_checker.record(libxl.REC_TYPE_LIBXC_CONTEXT, 0, b"", guest=h.guest,
-                                      in_checkpoint=False, colo=False, after_libxc=False)
-        w = LibxcWriter(self.out, version=o.stream_version)
-        self.w = w
-        self.libxc_checker = LibxcChecker(self._report)
-        ih = dict(marker=libxc.IHDR_MARKER, id=libxc.IHDR_ID, version=o.stream_version,
-                  options=0, _res1=0, _res2=0)
-        w.image_header()
-        self.libxc_checker.image_header(ih)
-        w.domain_header(h.guest, xen_major=0, xen_minor=CONVERTER_VERSION)
-        self.libxc_checker.domain_header(dict(
-            type=libxc.DHDR_TYPE_X86_PV if h.guest == "pv" else libxc.DHDR_TYPE_X86_HVM,
-            page_shift=12, _res1=0, xen_major=0, xen_minor=CONVERTER_VERSION))
-        if h.guest == "pv":
-            self._libxc_record(w, libxc.REC_TYPE_X86_PV_INFO, libxc.X86_PV_INFO.pack(
-                "<", guest_width=h.guest_width, pt_levels=h.pt_levels, _res0=0, _res1=0))
-        if o.stream_version >= 3:
-            self._libxc_record(w, libxc.REC_TYPE_STATIC_DATA_END, b"")
-        if h.guest == "pv":
-            frames = h.p2m_frames
-            body = libxc.X86_PV_P2M_FRAMES_HDR.pack("<", start_pfn=0, end_pfn=h.p2m_size - 1)
-            body += struct.pack(f"<{len(frames)}Q", *frames)
-            self._libxc_record(w, libxc.REC_TYPE_X86_PV_P2M_FRAMES, body)
+        self.emit.start(h)
         self.info(f"legacy {h.guest.upper()} stream from a {h.width * 8}-bit toolstack, "
                   f"p2m_size {h.p2m_size:#x}" + (f", {h.guest_width * 8}-bit guest"
                                                  if h.guest == "pv" else ""))
 
-    def _write_envelope(self) -> None:
-        from xenstream.writers.v2 import libvirt_header, xl_header
-
-        if not self.opts.keep_envelope:
-            if self.envelope in ("libvirt", "xend"):
-                what = "domain XML" if self.envelope == "libvirt" else "SXP configuration"
-                self.warn(f"the {self.envelope} header and its {what} are not carried into the "
-                          "bare output stream (xenstream convert keeps them)")
-            return
-        if self.envelope == "xl":
-            assert self.xl_hdr is not None
-            f = self.xl_hdr.fields
-            flags = f["mandatory_flags"]
-            if self.fmt == "libxl":
-                flags |= xl.MANDATORY_FLAG_STREAMV2
-            # the optional data (configuration and anything after it) verbatim
-            opt = self.xl_cfg.raw if self.xl_cfg is not None else b""
-            if opt is None:
-                raise ConversionError(self.xl_cfg.offset if self.xl_cfg else 0,
-                                      "the xl optional data is too large to carry over")
-            self.out.write(xl.MAGIC)
-            self.out.write(xl.HDR.pack(self.xl_hdr.endian, byteorder=f["byteorder"],
-                                       mandatory_flags=flags,
-                                       optional_flags=f["optional_flags"],
-                                       optional_data_len=len(opt)))
-            self.out.write(opt)
-        elif self.envelope == "libvirt":
-            assert self.libvirt_hdr is not None
-            xml_data = self.libvirt_xml or b""
-            f = self.libvirt_hdr.fields
-            libvirt_header(self.out, xml_data, version=2, nul=False,
-                           unused=[f[f"unused{i}"] for i in range(10)])
-        elif self.envelope == "xend":
-            xl_header(self.out, None, mandatory_flags=xl.MANDATORY_FLAG_STREAMV2)
-
     # -- body ---------------------------------------------------------------------------------
-
-    def _pages_sink(self) -> Sink:
-        """Where this checkpoint's pages go: the output for the first, the
-        staging file for later ones (appended once the checkpoint completes)."""
-        if self.checkpoint == 1:
-            return self.out
-        if self.staging is None:
-            self.staging = _Staging(self._tmpdir())
-        return self.staging.sink
-
-    def _tmpdir(self) -> Optional[str]:
-        return self.opts.tmpdir
 
     def _batch(self, b: LBatch) -> None:
         hdr = self.hdr
         assert hdr is not None
         if b.notab and not (self.parser.legacy_parser is not None
                             and self.parser.legacy_parser.compressing):
-            self._page_data(b, b.entries, notab=True)  # the hot path: plain pfns
+            self.emit.page_data(b, b.entries, notab=True)  # the hot path: plain pfns
             return
         keep: List[int] = []
         for e in b.entries:
@@ -779,78 +223,20 @@ class Converter:
             keep.append(e)
         if self.parser.legacy_parser is not None and self.parser.legacy_parser.compressing:
             # compressed checkpoint: data arrives later in COMPRESSED_DATA chunks
-            for e in keep:
-                t = (e & legacy.PFINFO_TYPE_MASK) >> legacy.PFINFO_TYPE_SHIFT
-                self.compressed_entries.append((e, t))
-                if t not in legacy.NO_DATA_TYPES:
-                    self.compressed_pending.append(e & legacy.PFINFO_PFN_MASK)
+            self.compressed.batch(keep)
             return
-        self._page_data(b, keep)
-
-    def _batch_run(self, run: LBatchRun) -> None:
-        """Plain-pfn batches the parser found in bulk: a PAGE_DATA record each,
-        the page data moved by offset (type NOTAB: the v2 words are the pfns)."""
-        sink = self._pages_sink()
-        fd = self.src.fd
-        for data_offset, entries in run.batches:
-            count = len(entries)
-            sink.write(_PAGE_DATA_HEAD.pack(libxc.REC_TYPE_PAGE_DATA, 8 + 8 * count + PAGE * count,
-                                            count, 0) + _pfn_struct(count).pack(*entries))
-            sink.copy_at(fd, data_offset, PAGE * count)
-        n = len(run.batches)
-        self.res.pages += run.pages
-        self.res.records += n
-        if self.opts.progress is not None:
-            self.opts.progress(run.end)
-
-    def _page_data(self, b: LBatch, keep: Sequence[int], notab: bool = False) -> None:
-        if not keep:
-            return
-        # v2 words: the type moves from bits 28-31 to 60-63 (a plain pfn is unchanged)
-        words = keep if notab else [
-            ((e & legacy.PFINFO_TYPE_MASK) << 32) | (e & legacy.PFINFO_PFN_MASK) for e in keep]
-        n_data = b.n_data
-        count = len(words)
-        length = 8 + 8 * count + PAGE * n_data
-        # The record's rules, checked here rather than by the generic checker
-        # (this is the hot path): types were checked by _batch, the count is
-        # 1..1024, the length follows from the types; what is left is the PV
-        # pfn range (the p2m written from p2m_size) and the legacy pfn field.
-        hdr = self.hdr
-        assert hdr is not None
-        top = max(keep) if notab else max(e & legacy.PFINFO_PFN_MASK for e in keep)
-        if hdr.guest == "pv" and top >= hdr.p2m_size:
-            raise ConversionError(b.offset, f"expected pfns below p2m_size {hdr.p2m_size:#x}, "
-                                  f"found {top:#x}")
-        sink = self._pages_sink()
-        # record header (type, length), PAGE_DATA header (count, reserved), pfn words
-        sink.write(_PAGE_DATA_HEAD.pack(libxc.REC_TYPE_PAGE_DATA, length, count, 0)
-                   + _pfn_struct(count).pack(*words))
-        sink.copy_from(self.src, PAGE * n_data, b.what)
-        b._left = 0
-        self.res.pages += n_data
-        self.res.records += 1
-        if self.opts.progress is not None and self.res.records & 63 == 0:
-            self.opts.progress(self.src.pos)
+        self.emit.page_data(b, keep)
 
     def _chunk(self, c: LChunk) -> None:
         cid = c.cid
         if cid == legacy.CHUNK_ENABLE_VERIFY_MODE:
-            if not self.verify_written:
-                self._libxc_record(self.w, libxc.REC_TYPE_VERIFY, b"")
-                self.verify_written = True
+            self.emit.verify()
         elif cid in legacy.HVM_PARAM_CHUNKS:
             assert c.value is not None
-            self.c_params[legacy.HVM_PARAM_CHUNKS[cid]] = c.value
+            self.cp.c_params[legacy.HVM_PARAM_CHUNKS[cid]] = c.value
         elif cid == legacy.CHUNK_TSC_INFO:
             assert c.data is not None
-            mode, nsec, khz, inc = struct.unpack("<IQII", c.data)
-            if mode == 3:
-                self.warn("TSC mode 3 (PVRDTSCP): Xen >= 4.12 refuses to restore it")
-            if not self.tsc_written:
-                self._libxc_record(self.w, libxc.REC_TYPE_X86_TSC_INFO, libxc.X86_TSC_INFO.pack(
-                    "<", mode=mode, khz=khz, nsec=nsec, incarnation=inc, _res1=0))
-                self.tsc_written = True
+            self.emit.tsc_info(c.data)
         elif cid in (legacy.CHUNK_TMEM, legacy.CHUNK_TMEM_EXTRA):
             if not self.opts.drop_tmem:
                 raise ConversionError(c.offset, "the guest used tmem (transcendent memory), which "
@@ -864,284 +250,19 @@ class Converter:
             assert hdr is not None
             if hdr.guest == "hvm":
                 try:
-                    self.c_physmap = legacy.physmap_xenstore(legacy.parse_physmap(c.data, hdr.width))
+                    self.cp.c_physmap = legacy.physmap_xenstore(legacy.parse_physmap(c.data, hdr.width))
                 except ValueError as e:
                     raise ConversionError(c.offset, f"toolstack record: {e}") from None
         elif cid == legacy.CHUNK_COMPRESSED_DATA:
-            self._compressed(c)
+            self.compressed.data(c)
         # VCPU_INFO, LAST_CHECKPOINT, ENABLE_COMPRESSION: the parser keeps them
-
-    def _compressed(self, c: LChunk) -> None:
-        """Decode compressed pages onto their previous copies, in bounded pieces;
-        a page may continue in the next COMPRESSED_DATA chunk."""
-        if self.state is None:
-            if self.out.fd is not None:
-                raise ConversionError(c.offset, "compressed data, but compression was never "
-                                      "enabled (no ENABLE_COMPRESSION in the first checkpoint)")
-            self.state = _PageState(self._tmpdir())  # dry run: check the encoding only
-        left = c.length
-        while left:
-            piece = c.read(min(left, 1 << 20))
-            left -= len(piece)
-            data = self.compressed_buf + piece if self.compressed_buf else piece
-            pos = 0
-            while pos < len(data):
-                if self.pending_index >= len(self.compressed_pending):
-                    raise ConversionError(c.offset, "more compressed data than pages awaiting "
-                                          "it in this checkpoint")
-                pfn = self.compressed_pending[self.pending_index]
-                try:
-                    page, npos = decode_page(self.state.get(pfn), data, pos)
-                except ValueError as e:
-                    if "ends" in str(e):
-                        break  # the page continues in the next piece or chunk
-                    raise ConversionError(c.offset, f"malformed compressed page for pfn "
-                                          f"{pfn:#x}: {e}") from None
-                self.state.put(pfn, page)
-                self.pending_index += 1
-                pos = npos
-            self.compressed_buf = data[pos:]
 
     def _body_end(self, e: LBodyEnd) -> None:
         lp = self.parser.legacy_parser
-        if e.checkpoint == 1 and lp is not None and lp.compression_enabled and self.state is None:
-            self._build_page_state()
-
-    def _build_page_state(self) -> None:
-        """Compression was enabled: later checkpoints are decoded onto the pages
-        of the first, which are in the output so far; copy them into the sparse
-        page-state file (reading our own output, never the input again)."""
-        if self.out.fd is None:
-            # dry run: nothing to read back; decoding onto zero pages still
-            # checks the encoding of every compressed page
-            self.state = _PageState(self._tmpdir())
-            return
-        if not self.out.regular:
-            raise ConversionError(self.src.pos, "a compressed Remus stream can only be converted "
-                                  "to a regular file (its pages must be read back)")
-        self.state = _PageState(self._tmpdir())
-        from xenstream.reading.parser import Parser as P
-
-        self.out.flush()
-        try:  # the output may be open write-only (a shell redirection)
-            rfd = os.open(f"/proc/self/fd/{self.out.fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            raise ConversionError(self.src.pos, "a compressed Remus stream needs an output that "
-                                  "can be read back (its pages are decoded against them)") from None
-        src = Source(rfd, close_fd=True)
-        src.pos = src.start = 0
-        src.size = self.out.pos
-        try:
-            for it in P(src).items():
-                if getattr(it, "layer", "") == "libxc" and getattr(it, "rtype", -1) == 1:
-                    rec: Any = it
-                    count, _ = struct.unpack("<II", rec.read(8))
-                    ents = struct.unpack(f"<{count}Q", rec.read(8 * count))
-                    for ent in ents:
-                        if (ent >> 60) not in libxc.NO_DATA_PAGE_TYPES:
-                            self.state.put(ent & libxc.PAGE_DATA_PFN_MASK, rec.read(PAGE))
-        except TruncatedError:
-            pass  # the output so far ends here, mid-stream
-        finally:
-            src.close()
-
-    def _qemu(self, q: LQemu) -> None:
-        """The device-model record is staged until its checkpoint completes."""
-        st = self.qemu_pending
-        if st is None:
-            st = self.qemu_pending = _Staging(self._tmpdir())
-        st.reset()
-        if q.length is None:
-            for chunk in q.chunks():
-                st.sink.write(chunk)
-        else:
-            st.sink.copy_from(self.src, q.length, q.what)
-            q._left = 0
-        self.qemu_pending_header = q.header
-        self.qemu_has_pending = True
+        if e.checkpoint == 1 and lp is not None and lp.compression_enabled:
+            self.compressed.enable()
 
     def _checkpoint_end(self, e: LCheckpointEnd) -> None:
         if e.number > 1:
-            if self.compressed_entries or self.compressed_pending:
-                self._flush_compressed()
-            if self.staging is not None:
-                self.staging.flush_to(self.out)
-        # commit this checkpoint's state
-        self.params.update(self.c_params)
-        self.tail = self.c_tail
-        if self.c_physmap is not None:
-            self.physmap = self.c_physmap
-        if self.qemu_has_pending:
-            self.qemu_pending, self.qemu_stage = self.qemu_stage, self.qemu_pending
-            self.qemu_header = self.qemu_pending_header
-            self.qemu_staged = True
-            self.qemu_has_pending = False
-        self.res.checkpoints = e.number
-        self.checkpoint = e.number + 1
-
-    def _flush_compressed(self) -> None:
-        assert self.state is not None
-        missing = len(self.compressed_pending) - self.pending_index
-        if missing or self.compressed_buf:
-            raise ConversionError(self.src.pos, f"malformed compressed checkpoint: {missing} "
-                                  f"pages have no data, {len(self.compressed_buf)} bytes of "
-                                  "compressed data are left over")
-        self.compressed_pending = []
-        self.pending_index = 0
-        ents = self.compressed_entries
-        sink = self._pages_sink()
-        for i in range(0, len(ents), 1024):
-            chunk = ents[i : i + 1024]
-            words = [((e & legacy.PFINFO_TYPE_MASK) << 32) | (e & legacy.PFINFO_PFN_MASK)
-                     for e, _t in chunk]
-            datas = [self.state.get(e & legacy.PFINFO_PFN_MASK) for e, t in chunk
-                     if t not in legacy.NO_DATA_TYPES]
-            length = 8 + 8 * len(words) + PAGE * len(datas)
-            sink.write(struct.pack("<II", libxc.REC_TYPE_PAGE_DATA, length))
-            sink.write(libxc.PAGE_DATA_HDR.pack("<", count=len(words), _res1=0))
-            sink.write(struct.pack(f"<{len(words)}Q", *words))
-            for d in datas:
-                sink.write(d)
-            self.res.pages += len(datas)
-            self.res.records += 1
-        self.compressed_entries = []
-
-    # -- the end -------------------------------------------------------------------------
-
-    def _finish(self) -> None:
-        hdr = self.hdr
-        assert hdr is not None
-        w = self.w
-        tail = self.tail
-        if tail is None:
-            raise ConversionError(self.src.pos, "the stream ended before its first checkpoint "
-                                  "was complete")
-        if isinstance(tail, LPvTail):
-            self._pv_tail(tail)
-        else:
-            self._hvm_tail(tail)
-        self._libxc_record(w, libxc.REC_TYPE_END, b"")
-        assert self.libxc_checker is not None
-        self.libxc_checker.finish()
-        self._check_findings()
-        if self.qemu_staged and self._device_model() == "traditional":
-            self.warn("the device-model state is qemu-traditional's (as the image's "
-                      f"{self.envelope} configuration says): Xen >= 4.21 no longer runs that "
-                      "device model")
-        if self.fmt == "libxl":
-            self._libxl_tail()
-        elif self.qemu_staged and self.qemu_stage is not None:
-            # libxc output: keep the qemu record after the stream, as upstream does
-            self.out.write(self.qemu_header)
-            self.qemu_stage.flush_to(self.out)
-        self.out.flush()
-        self.res.envelope = self.envelope
-        self.res.output = self._describe()
-
-    def _pv_tail(self, t: LPvTail) -> None:
-        w = self.w
-        hdr = self.hdr
-        assert hdr is not None
-        # the unmapped pfns, kept as XTAB entries (the v2 restore ignores them)
-        pfns = [p for p in t.unmapped]
-        for i in range(0, len(pfns), 1024):
-            chunk = pfns[i : i + 1024]
-            body = libxc.PAGE_DATA_HDR.pack("<", count=len(chunk), _res1=0)
-            body += struct.pack(f"<{len(chunk)}Q", *[(libxc.PT_XTAB << 60) | p for p in chunk])
-            self._libxc_record(w, libxc.REC_TYPE_PAGE_DATA, body)
-        for v in t.vcpus:
-            hdr8 = libxc.X86_PV_VCPU_HDR.pack("<", vcpu_id=v.vcpu_id, _res1=0)
-            self._libxc_record(w, libxc.REC_TYPE_X86_PV_VCPU_BASIC, hdr8 + v.context)
-            if v.extended is not None:
-                self._libxc_record(w, libxc.REC_TYPE_X86_PV_VCPU_EXTENDED, hdr8 + v.extended)
-            if v.xsave is not None and v.xsave_mask:
-                self._libxc_record(w, libxc.REC_TYPE_X86_PV_VCPU_XSAVE, hdr8 + v.xsave)
-        self._libxc_record(w, libxc.REC_TYPE_SHARED_INFO, t.shared_info)
-
-    def _hvm_tail(self, t: LHvmTail) -> None:
-        w = self.w
-        params = dict(self.params)
-        ioreq, bufioreq, store = t.magic_pfns
-        for idx, val in ((5, ioreq), (6, bufioreq), (1, store)):
-            params[idx] = val
-        # a zero value would make the v2 restore clear guest page 0 (IOREQ) or
-        # set a meaningless param: leave unset values out
-        items = sorted((k, v) for k, v in params.items() if v)
-        if items:
-            body = libxc.HVM_PARAMS_HDR.pack("<", count=len(items), _res1=0)
-            body += b"".join(libxc.HVM_PARAMS_ENTRY.pack("<", index=k, value=v) for k, v in items)
-            self._libxc_record(w, libxc.REC_TYPE_HVM_PARAMS, body)
-        self._libxc_record(w, libxc.REC_TYPE_HVM_CONTEXT, t.context)
-
-    def _libxl_tail(self) -> None:
-        lw = self.libxl_w
-        chk = self.libxl_checker
-        assert chk is not None
-        hdr = self.hdr
-        assert hdr is not None
-        if hdr.guest == "hvm":
-            if self.physmap:
-                raw = b"".join(k + b"\0" + v + b"\0" for k, v in self.physmap)
-                body = libxl.EMULATOR_HDR.pack("<", id=libxl.EMULATOR_UNKNOWN, index=0) + raw
-                lw.record(libxl.REC_TYPE_EMULATOR_XENSTORE_DATA, body)
-                chk.record(libxl.REC_TYPE_EMULATOR_XENSTORE_DATA, len(body), body[:8],
-                           guest="hvm", in_checkpoint=False, colo=False, after_libxc=True,
-                           rest=[body[8:]])
-            if self.qemu_staged and self.qemu_stage is not None:
-                n = self.qemu_stage.sink.pos
-                ehdr = libxl.EMULATOR_HDR.pack("<", id=libxl.EMULATOR_UNKNOWN, index=0)
-                self.out.write(struct.pack("<II", libxl.REC_TYPE_EMULATOR_CONTEXT, 8 + n))
-                self.out.write(ehdr)
-                self.qemu_stage.sink.flush()
-                head = os.pread(self.qemu_stage.fd, 64, 0)
-                self.qemu_stage.flush_to(self.out)
-                self.out.write(b"\0" * ((-(8 + n)) & 7))
-                chk.record(libxl.REC_TYPE_EMULATOR_CONTEXT, 8 + n, ehdr + head[:4],
-                           guest="hvm", in_checkpoint=False, colo=False, after_libxc=True)
-        elif self.qemu_staged:
-            self.warn("a device-model record after a PV stream was dropped")
-        lw.end()
-        chk.record(libxl.REC_TYPE_END, 0, b"", guest=hdr.guest, in_checkpoint=False,
-                   colo=False, after_libxc=True)
-        self._check_findings()
-
-    def _describe(self) -> str:
-        inner = f"libxc v{self.opts.stream_version}"
-        if self.fmt == "libxl":
-            inner = f"libxl v2 -> {inner}"
-        env = {"xl": "xl (STREAMv2) -> ", "libvirt": "libvirt (v2, XML) -> ",
-               "xend": "xl (STREAMv2, no config) -> "}.get(self.envelope, "")
-        if not self.opts.keep_envelope:
-            env = ""
-        return env + inner
-
-
-
-
-def device_model(envelope: str, config_kind: Optional[str], config: Optional[bytes]) -> Optional[str]:
-    """"traditional" / "upstream" for the device model whose state an image
-    carries, from what its envelope says (None: it does not say).  The QEMU
-    state itself does not tell the two apart (both write QEVM version 3 with
-    many identical section names), the toolstack's record of it does."""
-    if envelope in ("xend", "xenopsd"):
-        return "traditional"  # xend ran qemu-dm; XenServer's legacy images too
-    if not config:
-        return None
-    text = config.decode("utf-8", "replace")
-    if config_kind == "xl-json":
-        try:
-            doc = json.loads(text.rstrip("\0"))
-        except ValueError:
-            return None
-        v = doc.get("b_info", {}).get("device_model_version") if isinstance(doc, dict) else None
-        return {"qemu_xen_traditional": "traditional", "qemu_xen": "upstream"}.get(str(v))
-    if config_kind == "xl-cfg":
-        m = re.search(r'^\s*device_model_version\s*=\s*["\']([\w-]+)', text, re.M)
-        if m:
-            return "traditional" if m.group(1) == "qemu-xen-traditional" else "upstream"
-        return None
-    if config_kind == "libvirt-xml":
-        m = re.search(r"<emulator>([^<]*)</emulator>", text)
-        if m:
-            return "traditional" if m.group(1).strip().endswith("qemu-dm") else "upstream"
-    return None
+            self.compressed.end_checkpoint()
+        self.cp.end(e)
