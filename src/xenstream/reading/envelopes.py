@@ -39,6 +39,20 @@ from xenstream.reading.streams import read_libxc, read_libxl
 XL_CONFIG_MAX = 64 << 20
 
 
+def _enter(ctx: Context, layer: str, head: bytes, start: int, size: int, magic: bytes,
+           noun: str = "magic") -> bytes:
+    """Enter the envelope ``layer``: read the rest of its ``size``-byte header
+    after ``head`` (its first 8 bytes) and check that it starts with ``magic``
+    (``noun``: what the format calls it).  Returns the whole header."""
+    ctx.state.layers.append(layer)
+    what = f"header ({layer} header)"
+    raw = head + ctx.src.read(size - 8, what=what, layer=layer)
+    if raw[:len(magic)] != magic:
+        raise FormatError(start, f"expected the {layer} {noun} {magic!r}, found "
+                          f"{raw[:len(magic)]!r}", what=what, layer=layer, rule=f"{layer}-magic")
+    return raw
+
+
 def _blob(ctx: Context, declared: int, limit: int, what: str, layer: str) -> Optional[bytes]:
     """Read a configuration blob of ``declared`` bytes, or skip it when it
     is larger than ``limit``; truncation is checked before anything is read."""
@@ -85,13 +99,7 @@ def _legacy_payload(ctx: Context, container: str) -> Iterator[Item]:
 
 def read_libvirt(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
     src = ctx.src
-    ctx.state.layers.append(LAYER_LIBVIRT)
-    what = "header (libvirt header)"
-    raw = head + src.read(libvirt.HEADER_SIZE - 8, what=what, layer=LAYER_LIBVIRT)
-    if raw[:16] != libvirt.MAGIC:
-        raise FormatError(start, f"expected the libvirt magic {libvirt.MAGIC!r}, found "
-                          f"{raw[:16]!r}", what=what, layer=LAYER_LIBVIRT,
-                          rule="libvirt-magic")
+    raw = _enter(ctx, LAYER_LIBVIRT, head, start, libvirt.HEADER_SIZE, libvirt.MAGIC)
     f = libvirt.HDR.unpack(raw, "<", 16)
     yield Header(LAYER_LIBVIRT, "libvirt header", start, libvirt.HEADER_SIZE, f)
     at = src.pos
@@ -117,12 +125,7 @@ def read_libvirt(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
 
 def read_xend(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
     src = ctx.src
-    ctx.state.layers.append(LAYER_XEND)
-    what = "header (xend header)"
-    raw = head + src.read(xend.HEADER_SIZE - 8, what=what, layer=LAYER_XEND)
-    if raw[:16] != xend.MAGIC:
-        raise FormatError(start, f"expected the xend signature {xend.MAGIC!r}, found "
-                          f"{raw[:16]!r}", what=what, layer=LAYER_XEND, rule="xend-magic")
+    raw = _enter(ctx, LAYER_XEND, head, start, xend.HEADER_SIZE, xend.MAGIC, "signature")
     clen = int.from_bytes(raw[16:20], "big", signed=True)
     yield Header(LAYER_XEND, "xend header", start, xend.HEADER_SIZE, {"config_len": clen}, ">")
     at = src.pos
@@ -214,13 +217,7 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
 
 def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
     src = ctx.src
-    st = ctx.state
-    st.layers.append(LAYER_XL)
-    rest = src.read(xl.HEADER_SIZE - 8, what="header (xl header)", layer=LAYER_XL)
-    raw = head + rest
-    if raw[:32] != xl.MAGIC:
-        raise FormatError(start, f"expected the xl magic {xl.MAGIC!r}, found {raw[:32]!r}",
-                          what="header (xl header)", layer=LAYER_XL, rule="xl-magic")
+    raw = _enter(ctx, LAYER_XL, head, start, xl.HEADER_SIZE, xl.MAGIC)
     endian = xl.byte_order(raw[32:36]) or "<"
     fields = xl.HDR.unpack(raw, endian, 32)
     yield Header(LAYER_XL, "xl header", start, xl.HEADER_SIZE, fields, endian)
