@@ -63,11 +63,7 @@ def read_libxl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
     st.libxl_endian = endian
     yield Header(LAYER_LIBXL, "libxl header", start, libxl.HDR.size, fields, ">")
     while True:
-        at = src.pos
-        rh = _eof_expected(ctx, _rh(ctx, endian, LAYER_LIBXL), f"record #{ctx.index}")
-        rec = _record(ctx, LAYER_LIBXL, rh, at, endian)
-        yield rec
-        rec.finish()
+        rec = yield from _libxl_record(ctx, endian)
         if rec.rtype == libxl.REC_TYPE_END:
             st.finished = True
             return
@@ -237,11 +233,7 @@ def _checkpoint_section(ctx: Context) -> Generator[Item, None, bool]:
     endian = st.libxl_endian
     st.in_checkpoint = True
     while True:
-        at = src.pos
-        rh = _eof_expected(ctx, _rh(ctx, endian, LAYER_LIBXL), f"record #{ctx.index}")
-        rec = _record(ctx, LAYER_LIBXL, rh, at, endian)
-        yield rec
-        rec.finish()
+        rec = yield from _libxl_record(ctx, endian)
         if rec.rtype == libxl.REC_TYPE_CHECKPOINT_END:
             break
         if rec.rtype == libxl.REC_TYPE_END:
@@ -275,6 +267,17 @@ def _checkpoint_section(ctx: Context) -> Generator[Item, None, bool]:
 
 
 # -- record headers and records ---------------------------------------------------
+
+
+def _libxl_record(ctx: Context, endian: str) -> Generator[Item, None, Record]:
+    """Yield the libxl record that must come next, then skip what the consumer
+    left of it; returns it."""
+    at = ctx.src.pos
+    rh = _eof_expected(ctx, _rh(ctx, endian, LAYER_LIBXL), f"record #{ctx.index}")
+    rec = _record(ctx, LAYER_LIBXL, rh, at, endian)
+    yield rec
+    rec.finish()
+    return rec
 
 
 def _rh(ctx: Context, endian: str, layer: str = LAYER_LIBXC) -> Optional[Tuple[int, int]]:
