@@ -19,6 +19,13 @@ the checkers.  Truncation raises :class:`~xenstream.errors.TruncatedError`.
 A :class:`Record`'s body is lazy.  A consumer may read some of it
 (:meth:`Record.read`), all of it (:meth:`Record.body`), or none; whatever it
 leaves is skipped (a seek on seekable input) when the next item is pulled.
+
+This module detects the format and dispatches to the readers:
+:mod:`~xenstream.reading.envelopes` (xl, libvirt, xend, xenopsd, and the
+hand-over to a legacy payload), :mod:`~xenstream.reading.streams` (libxl and
+libxc v2 streams) and :mod:`~xenstream.reading.legacy` (legacy streams).  The
+items are defined in :mod:`~xenstream.reading.items` and re-exported here with
+the parser's constants: import them from this module.
 """
 
 from __future__ import annotations
@@ -84,6 +91,10 @@ _MAGIC8 = {
 
 
 class Parser:
+    """The pull parser over ``src``; ``format`` forces the format detected
+    (one of :data:`FORMAT_NAMES`).  It is the readers'
+    :class:`~xenstream.reading.context.Context`."""
+
     def __init__(self, src: Source, *, format: Optional[str] = None) -> None:
         self.src = src
         self.format = format
