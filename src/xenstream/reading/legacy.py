@@ -17,22 +17,11 @@ from typing import Iterator, List, Optional, Tuple
 
 from xenstream.errors import TruncatedError
 from xenstream.formats.legacy import (
-    CHUNK_COMPRESSED_DATA,
-    CHUNK_ENABLE_COMPRESSION,
-    CHUNK_ENABLE_VERIFY_MODE,
-    CHUNK_LAST_CHECKPOINT,
-    CHUNK_TMEM,
-    CHUNK_TMEM_EXTRA,
-    CHUNK_TOOLSTACK,
-    CHUNK_TSC_INFO,
-    CHUNK_VCPU_INFO,
     EXTV_SIZE,
     GUEST_WIDTH_OF_CTX,
     HVM_CONTEXT_MAX,
-    HVM_PARAM_CHUNKS,
     LAYER,
     MAX_BATCH_SIZE,
-    MAX_VCPU_ID,
     NO_DATA_TYPES,
     P2M_SIZE_MAX,
     PAGE_SIZE,
@@ -43,14 +32,11 @@ from xenstream.formats.legacy import (
     QEMU_SIG_LEN,
     RUN_MAX_PAGES,
     SHARED_INFO_SIZE,
-    TMEM_PAGE_MAX,
-    TOOLSTACK_MAX,
     VCPU_CTX_SIZE,
     LBatch,
     LBatchRun,
     LBodyEnd,
     LCheckpointEnd,
-    LChunk,
     LHeader,
     LHvmTail,
     LItem,
@@ -63,6 +49,7 @@ from xenstream.formats.legacy import (
     sniff,
 )
 from xenstream.io import Source
+from xenstream.reading.legacy_chunks import read_chunk
 from xenstream.reading.legacy_input import LegacyInput, legacy_error
 
 
@@ -287,7 +274,7 @@ class LegacyParser:
             if n > 0:
                 yield self._batch(at, n, number)
             else:
-                yield self._chunk(at, n, number)
+                yield read_chunk(self.inp, self, at, n, number)
         # the tail
         if hdr.guest == "hvm":
             yield self._hvm_tail(number)
@@ -328,87 +315,6 @@ class LegacyParser:
         b.notab = notab
         b._init_payload(self.src, n_data * PAGE_SIZE)
         return b
-
-    def _chunk(self, at: int, cid: int, number: int) -> LChunk:
-        hdr = self.header
-        assert hdr is not None
-        c = LChunk(at, cid, number)
-        c._init_payload(self.src, 0)
-        what = c.what
-        if cid == CHUNK_ENABLE_VERIFY_MODE:
-            pass
-        elif cid == CHUNK_VCPU_INFO:
-            max_id = self.inp.i32(what)
-            if not 0 <= max_id <= MAX_VCPU_ID:
-                raise legacy_error(at, f"expected max_vcpu_id 0..{MAX_VCPU_ID}, found {max_id}",
-                                   what, "legacy-vcpu-info")
-            words = struct.unpack(f"<{max_id // 64 + 1}Q",
-                                  self.inp.read(8 * (max_id // 64 + 1), what))
-            c.value = max_id
-            c.data = b"".join(struct.pack("<Q", w) for w in words)
-            self.vcpumap = [i for i in range(max_id + 1) if words[i // 64] >> (i % 64) & 1]
-        elif cid in HVM_PARAM_CHUNKS:
-            self.inp.read(4, what)
-            c.value = self.inp.u64(what)
-        elif cid == CHUNK_TSC_INFO:
-            c.data = self.inp.read(20, what)
-        elif cid == CHUNK_LAST_CHECKPOINT:
-            self.last_checkpoint = True
-        elif cid == CHUNK_ENABLE_COMPRESSION:
-            self.compression_enabled = True
-        elif cid == CHUNK_COMPRESSED_DATA:
-            c.length = self.inp.ulong(what)
-            rem = self.src.remaining()
-            if rem is not None and c.length > rem:
-                raise TruncatedError(self.inp.pos, c.length, rem, what=what, layer=LAYER)
-            c._init_payload(self.src, c.length)
-        elif cid == CHUNK_TOOLSTACK:
-            length = self.inp.u32(what)
-            if length > TOOLSTACK_MAX:
-                raise legacy_error(at, f"expected a toolstack record of at most {TOOLSTACK_MAX} "
-                                   f"bytes, found {length}", what, "legacy-toolstack-size")
-            c.length = length
-            c.data = self.inp.read(length, what)
-        elif cid == CHUNK_TMEM:
-            c.value = self._tmem(what)
-        elif cid == CHUNK_TMEM_EXTRA:
-            c.value = self._tmem_extra(what)
-        else:
-            raise legacy_error(at, f"expected a page count 1..1024 or a chunk id -1..-20, found "
-                               f"{cid} (\"Max batch size exceeded\")", "legacy chunk",
-                               "legacy-chunk-id")
-        return c
-
-    def _tmem(self, what: str) -> int:
-        """Walk a TMEM chunk (xc_tmem.c); returns the number of pages it carries."""
-        self.inp.read(12, what)  # version, max_pools, -1
-        self.inp.read(16, what)  # client flags, weight, cap, -1
-        pages = 0
-        while True:
-            pool_id = self.inp.u32(what)
-            if pool_id == 0xFFFFFFFF:
-                return pages
-            flags = self.inp.u32(what)
-            n_pages = self.inp.u32(what)
-            self.inp.read(16, what)  # uuid
-            psize = 1 << (((flags >> 4) & 0xF) + 12)
-            if psize > TMEM_PAGE_MAX:
-                raise legacy_error(self.inp.pos, f"expected a tmem page size of at most "
-                                   f"{TMEM_PAGE_MAX}, found {psize}", what, "legacy-tmem")
-            for _ in range(n_pages):
-                oid = self.inp.read(24, what)
-                if oid == b"\xff" * 24:
-                    break
-                self.inp.read(4, what)
-                self.inp.skip(psize, what)
-                pages += 1
-
-    def _tmem_extra(self, what: str) -> int:
-        n = 0
-        while self.inp.u32(what) != 0xFFFFFFFF:
-            self.inp.read(28, what)  # oid[3], index
-            n += 1
-        return n
 
     def _hvm_tail(self, number: int) -> LHvmTail:
         at = self.inp.pos
