@@ -17,9 +17,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from xenstream.errors import TruncatedError
 from xenstream.formats.legacy import (
-    EXTV_SIZE,
     GUEST_WIDTH_OF_CTX,
-    HVM_CONTEXT_MAX,
     LAYER,
     MAX_BATCH_SIZE,
     NO_DATA_TYPES,
@@ -28,22 +26,14 @@ from xenstream.formats.legacy import (
     PFINFO_PFN_MASK,
     PFINFO_TYPE_MASK,
     PFINFO_TYPE_SHIFT,
-    QEMU_KINDS,
-    QEMU_SIG_LEN,
     RUN_MAX_PAGES,
-    SHARED_INFO_SIZE,
-    VCPU_CTX_SIZE,
     LBatch,
     LBatchRun,
     LBodyEnd,
     LCheckpointEnd,
     LHeader,
-    LHvmTail,
     LItem,
-    LPvTail,
-    LQemu,
     LTruncated,
-    LVcpu,
     _Lazy,
     p2m_frame_entries,
     sniff,
@@ -51,6 +41,7 @@ from xenstream.formats.legacy import (
 from xenstream.io import Source
 from xenstream.reading.legacy_chunks import read_chunk
 from xenstream.reading.legacy_input import LegacyInput, legacy_error
+from xenstream.reading.legacy_tails import read_hvm_tail, read_pv_tail, read_qemu
 
 
 class LegacyOptions:
@@ -277,15 +268,17 @@ class LegacyParser:
                 yield read_chunk(self.inp, self, at, n, number)
         # the tail
         if hdr.guest == "hvm":
-            yield self._hvm_tail(number)
+            yield read_hvm_tail(self.inp, number)
             if self.opts.qemu == "skip":
                 self._stop_after_tail = True
             else:
-                q = self._qemu(number)
+                q = read_qemu(self.inp, number, self.opts.qemu == "optional")
                 if q is not None:
+                    if q.kind == "xend":
+                        self._stop_after_tail = True  # its data runs to the end of the input
                     yield q
         else:
-            yield self._pv_tail(number)
+            yield read_pv_tail(self.inp, hdr, self.vcpumap, number)
         if self.compression_enabled:
             self.compressing = True
         yield LCheckpointEnd(self.inp.pos, number, self.last_checkpoint)
@@ -315,91 +308,3 @@ class LegacyParser:
         b.notab = notab
         b._init_payload(self.src, n_data * PAGE_SIZE)
         return b
-
-    def _hvm_tail(self, number: int) -> LHvmTail:
-        at = self.inp.pos
-        what = "legacy HVM tail"
-        magic = struct.unpack("<QQQ", self.inp.read(24, what))
-        size = self.inp.u32(what)
-        if size > HVM_CONTEXT_MAX:
-            raise legacy_error(at + 24, f"expected an HVM context of at most {HVM_CONTEXT_MAX} "
-                               f"bytes, found {size}", what, "legacy-hvm-context-size")
-        rem = self.src.remaining()
-        if rem is not None and size > rem:
-            raise TruncatedError(self.inp.pos, size, rem, what=what, layer=LAYER)
-        ctx = self.inp.read(size, what)
-        return LHvmTail(at, (magic[0], magic[1], magic[2]), ctx, number)
-
-    def _qemu(self, number: int) -> Optional[LQemu]:
-        at = self.inp.pos
-        sig = self.inp.read_upto(QEMU_SIG_LEN)
-        if not sig:
-            return None  # a libxc-only stream: no device-model record
-        what = "legacy qemu record"
-        if self.opts.qemu == "optional" and sig not in QEMU_KINDS:
-            # inside a container (a XenServer Libxc_legacy frame) what follows
-            # may be the container's own next frame: give the bytes back
-            self.src.unread(sig)
-            return None
-        if len(sig) < QEMU_SIG_LEN or sig not in QEMU_KINDS:
-            raise legacy_error(at, "expected a device-model record (DeviceModelRecord0002, "
-                               "RemusDeviceModelState or QemuDeviceModelRecord), found "
-                               f"{sig!r} (\"Invalid QEMU signature\")", what, "legacy-qemu-signature")
-        kind = QEMU_KINDS[sig]
-        if kind == "xend":
-            nxt = self.inp.read_upto(1)
-            if nxt == b"\n":  # XenServer: newline, big-endian length
-                raw = self.inp.read(4, what)
-                length = int.from_bytes(raw, "big")
-                q = LQemu(at, sig + nxt, "xenserver", length, sig + nxt + raw, number)
-            else:
-                # xend: the data runs to the end of the input
-                self.src.unread(nxt)
-                q = LQemu(at, sig, "xend", None, sig, number)
-                self._stop_after_tail = True
-                rem = self.src.remaining()
-                q._init_payload(self.src, rem if rem is not None else 1 << 62)
-                return q
-        else:
-            raw = self.inp.read(4, what)
-            length = int.from_bytes(raw, "little")
-            q = LQemu(at, sig, kind, length, sig + raw, number)
-        rem = self.src.remaining()
-        if rem is not None and q.length is not None and q.length > rem:
-            raise TruncatedError(self.inp.pos, q.length, rem, what=what, layer=LAYER)
-        q._init_payload(self.src, q.length or 0)
-        return q
-
-    def _pv_tail(self, number: int) -> LPvTail:
-        hdr = self.header
-        assert hdr is not None
-        at = self.inp.pos
-        what = "legacy PV tail"
-        count = self.inp.u32(what)
-        if count > hdr.p2m_size:
-            raise legacy_error(at, f"expected at most p2m_size ({hdr.p2m_size:#x}) unmapped pfns, "
-                               f"found {count}", what, "legacy-unmapped-count")
-        unmapped: List[int] = []
-        left = count
-        while left:
-            k = min(left, 1024)
-            unmapped.extend(self.inp.ulongs(k, what))
-            left -= k
-        ctx_size = VCPU_CTX_SIZE[hdr.guest_width]
-        vcpus: List[LVcpu] = []
-        for vid in self.vcpumap:
-            ctx = self.inp.read(ctx_size, f"legacy PV tail (vcpu {vid} context)")
-            ext = self.inp.read(EXTV_SIZE, f"legacy PV tail (vcpu {vid} extended)") if hdr.extv else None
-            mask = 0
-            xs: Optional[bytes] = None
-            if hdr.xcnt:
-                mask = self.inp.u64(f"legacy PV tail (vcpu {vid} xsave)")
-                size = self.inp.u64(f"legacy PV tail (vcpu {vid} xsave)")
-                if 16 + size != hdr.xcnt:
-                    raise legacy_error(self.inp.pos - 16, f"expected an xsave record of {hdr.xcnt} "
-                                       f"bytes (xcnt) for vcpu {vid}, found {16 + size}",
-                                       what, "legacy-xsave-size")
-                xs = self.inp.read(size, f"legacy PV tail (vcpu {vid} xsave)")
-            vcpus.append(LVcpu(vid, ctx, ext, mask, xs))
-        shinfo = self.inp.read(SHARED_INFO_SIZE, "legacy PV tail (shared info)")
-        return LPvTail(at, unmapped, vcpus, shinfo, number)
