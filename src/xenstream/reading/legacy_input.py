@@ -7,7 +7,7 @@ chunk and tail readers."""
 from __future__ import annotations
 
 import struct
-from typing import Tuple
+from typing import Optional, Tuple
 
 from xenstream.errors import FormatError
 from xenstream.formats.legacy import LAYER
@@ -36,21 +36,24 @@ class LegacyInput:
 
     def read(self, n: int, what: str) -> bytes:
         if self.pre:
-            take = self.pre[:n]
-            self.pre = self.pre[n:]
-            if len(take) == n:
-                return take
-            return take + self.src.read(n - len(take), what=what, layer=LAYER)
+            return self._with_prefix(n, what)
         return self.src.read(n, what=what, layer=LAYER)
 
     def read_upto(self, n: int) -> bytes:
         if self.pre:
-            take = self.pre[:n]
-            self.pre = self.pre[n:]
-            if len(take) == n:
-                return take
-            return take + self.src.read_upto(n - len(take))
+            return self._with_prefix(n, None)
         return self.src.read_upto(n)
+
+    def _with_prefix(self, n: int, what: Optional[str]) -> bytes:
+        """``n`` bytes, the prefix's first; with ``what`` None, fewer at the
+        end of the input (``read_upto``)."""
+        take = self.pre[:n]
+        self.pre = self.pre[n:]
+        if len(take) == n:
+            return take
+        n -= len(take)
+        return take + (self.src.read_upto(n) if what is None
+                       else self.src.read(n, what=what, layer=LAYER))
 
     def skip(self, n: int, what: str) -> None:
         if self.pre:
