@@ -7,6 +7,12 @@ the repeated bodies and tails of a checkpointed (Remus) stream.  It yields the
 typed items of :mod:`xenstream.formats.legacy` with their offsets; page
 payloads stay in the input for the consumer to move, copy or skip.  Facts:
 reference xen-formats.md §4.
+
+The parser here reads the header, walks bodies and checkpoints, and reads
+page batches (one by one, or in bulk as :class:`~xenstream.formats.legacy.LBatchRun`);
+it owns a :class:`~xenstream.reading.legacy_input.LegacyInput` for its field
+reads and hands chunks to :mod:`~xenstream.reading.legacy_chunks` and tails to
+:mod:`~xenstream.reading.legacy_tails`.
 """
 
 from __future__ import annotations
