@@ -7,6 +7,12 @@ the repeated bodies and tails of a checkpointed (Remus) stream.  It yields the
 typed items of :mod:`xenstream.formats.legacy` with their offsets; page
 payloads stay in the input for the consumer to move, copy or skip.  Facts:
 reference xen-formats.md §4.
+
+The parser here reads the header, walks bodies and checkpoints, and reads
+page batches (one by one, or in bulk as :class:`~xenstream.formats.legacy.LBatchRun`);
+it owns a :class:`~xenstream.reading.legacy_input.LegacyInput` for its field
+reads and hands chunks to :mod:`~xenstream.reading.legacy_chunks` and tails to
+:mod:`~xenstream.reading.legacy_tails`.
 """
 
 from __future__ import annotations
@@ -15,54 +21,33 @@ import os
 import struct
 from typing import Iterator, List, Optional, Tuple
 
-from xenstream.errors import FormatError, TruncatedError
+from xenstream.errors import TruncatedError
 from xenstream.formats.legacy import (
-    CHUNK_COMPRESSED_DATA,
-    CHUNK_ENABLE_COMPRESSION,
-    CHUNK_ENABLE_VERIFY_MODE,
-    CHUNK_LAST_CHECKPOINT,
-    CHUNK_TMEM,
-    CHUNK_TMEM_EXTRA,
-    CHUNK_TOOLSTACK,
-    CHUNK_TSC_INFO,
-    CHUNK_VCPU_INFO,
-    EXTV_SIZE,
     GUEST_WIDTH_OF_CTX,
-    HVM_CONTEXT_MAX,
-    HVM_PARAM_CHUNKS,
     LAYER,
     MAX_BATCH_SIZE,
-    MAX_VCPU_ID,
     NO_DATA_TYPES,
     P2M_SIZE_MAX,
     PAGE_SIZE,
     PFINFO_PFN_MASK,
     PFINFO_TYPE_MASK,
     PFINFO_TYPE_SHIFT,
-    QEMU_KINDS,
-    QEMU_SIG_LEN,
     RUN_MAX_PAGES,
-    SHARED_INFO_SIZE,
-    TMEM_PAGE_MAX,
-    TOOLSTACK_MAX,
-    VCPU_CTX_SIZE,
     LBatch,
     LBatchRun,
     LBodyEnd,
     LCheckpointEnd,
-    LChunk,
     LHeader,
-    LHvmTail,
     LItem,
-    LPvTail,
-    LQemu,
     LTruncated,
-    LVcpu,
     _Lazy,
     p2m_frame_entries,
     sniff,
 )
 from xenstream.io import Source
+from xenstream.reading.legacy_chunks import read_chunk
+from xenstream.reading.legacy_input import LegacyInput, legacy_error
+from xenstream.reading.legacy_tails import read_hvm_tail, read_pv_tail, read_qemu
 
 
 class LegacyOptions:
@@ -91,7 +76,7 @@ class LegacyParser:
                  options: Optional[LegacyOptions] = None) -> None:
         self.src = src
         self.opts = options or LegacyOptions()
-        self._pre = prefix
+        self.inp = LegacyInput(src, prefix)
         self._pre_at = src.pos - len(prefix)
         self.header: Optional[LHeader] = None
         self.checkpoints = 0  # complete ones
@@ -101,50 +86,9 @@ class LegacyParser:
         self.vcpumap: List[int] = [0]
         self._pending_lazy: Optional[_Lazy] = None
 
-    # reading with the detection prefix in front
-
     @property
     def pos(self) -> int:
-        return self.src.pos - len(self._pre)
-
-    def _read(self, n: int, what: str) -> bytes:
-        if self._pre:
-            take = self._pre[:n]
-            self._pre = self._pre[n:]
-            if len(take) == n:
-                return take
-            return take + self.src.read(n - len(take), what=what, layer=LAYER)
-        return self.src.read(n, what=what, layer=LAYER)
-
-    def _read_upto(self, n: int) -> bytes:
-        if self._pre:
-            take = self._pre[:n]
-            self._pre = self._pre[n:]
-            if len(take) == n:
-                return take
-            return take + self.src.read_upto(n - len(take))
-        return self.src.read_upto(n)
-
-    def _ulong(self, what: str) -> int:
-        w = self.header.width if self.header else 8
-        return int.from_bytes(self._read(w, what), "little")
-
-    def _ulongs(self, n: int, what: str) -> Tuple[int, ...]:
-        assert self.header is not None
-        w = self.header.width
-        return struct.unpack(f"<{n}{'Q' if w == 8 else 'I'}", self._read(n * w, what))
-
-    def _u32(self, what: str) -> int:
-        return int(struct.unpack("<I", self._read(4, what))[0])
-
-    def _i32(self, what: str) -> int:
-        return int(struct.unpack("<i", self._read(4, what))[0])
-
-    def _u64(self, what: str) -> int:
-        return int(struct.unpack("<Q", self._read(8, what))[0])
-
-    def _error(self, offset: int, message: str, what: str, rule: str = "legacy-format") -> FormatError:
-        return FormatError(offset, message, what=what, layer=LAYER, rule=rule)
+        return self.inp.pos
 
     # -- items --------------------------------------------------------------------
 
@@ -240,93 +184,86 @@ class LegacyParser:
         return LBatchRun(at, batches, end, pages, number)
 
     def _header(self) -> LHeader:
-        at = self.pos
-        head = self._pre[:16]
+        at = self.inp.pos
+        head = self.inp.pre[:16]
         guess = sniff(head) if len(head) >= 8 else None
         width = self.opts.width or (guess.width if guess else 8)
         guest = self.opts.guest or (guess.guest if guess else "pv")
         hdr = LHeader(at, 0, width, guest)
         self.header = hdr
-        hdr.p2m_size = self._ulong("legacy header (p2m_size)")
+        self.inp.width = width
+        hdr.p2m_size = self.inp.ulong("legacy header (p2m_size)")
         if not 0 < hdr.p2m_size <= P2M_SIZE_MAX:
-            raise self._error(at, f"expected p2m_size 1..{P2M_SIZE_MAX - 1:#x}, found "
-                              f"{hdr.p2m_size:#x}", "legacy header")
+            raise legacy_error(at, f"expected p2m_size 1..{P2M_SIZE_MAX - 1:#x}, found "
+                               f"{hdr.p2m_size:#x}", "legacy header")
         if guest == "hvm":
             return hdr
         # PV: extended info, or (pre-3.1) the first p2m frame list entry
-        first = self._ulong("legacy header (extended info)")
+        first = self.inp.ulong("legacy header (extended info)")
         ones = (1 << (8 * width)) - 1
         frames: List[int] = []
         if first == ones:
             hdr.ext_info = True
-            tot = self._u32("legacy extended info (tot_bytes)")
+            tot = self.inp.u32("legacy extended info (tot_bytes)")
             left = tot
             while left > 0:
-                bat = self.pos
+                bat = self.inp.pos
                 if left < 8:
-                    raise self._error(bat, f"expected an 8-byte block header within tot_bytes, "
-                                      f"found {left} bytes left", "legacy extended info")
-                bid = self._read(4, "legacy extended info block")
-                size = self._u32("legacy extended info block")
+                    raise legacy_error(bat, f"expected an 8-byte block header within tot_bytes, "
+                                       f"found {left} bytes left", "legacy extended info")
+                bid = self.inp.read(4, "legacy extended info block")
+                size = self.inp.u32("legacy extended info block")
                 left -= 8
                 if size > left:
-                    raise self._error(bat, f"expected block {bid!r} of {size} bytes within "
-                                      f"tot_bytes ({left} left)", "legacy extended info")
+                    raise legacy_error(bat, f"expected block {bid!r} of {size} bytes within "
+                                       f"tot_bytes ({left} left)", "legacy extended info")
                 hdr.blocks.append((bid, size))
                 if bid == b"vcpu":
                     if size not in GUEST_WIDTH_OF_CTX:
-                        raise self._error(bat, "expected a vcpu context of 5168 (64-bit) or "
-                                          f"2800 (32-bit) bytes, found {size}",
-                                          "legacy extended info (vcpu)", "legacy-vcpu-size")
-                    hdr.vcpu0 = self._read(size, "legacy extended info (vcpu)")
+                        raise legacy_error(bat, "expected a vcpu context of 5168 (64-bit) or "
+                                           f"2800 (32-bit) bytes, found {size}",
+                                           "legacy extended info (vcpu)", "legacy-vcpu-size")
+                    hdr.vcpu0 = self.inp.read(size, "legacy extended info (vcpu)")
                     hdr.guest_width = GUEST_WIDTH_OF_CTX[size]
                     hdr.pt_levels = 4 if hdr.guest_width == 8 else 3
                 elif bid == b"extv":
                     hdr.extv = True
-                    self._skip(size, "legacy extended info (extv)")
+                    self.inp.skip(size, "legacy extended info (extv)")
                 elif bid == b"xcnt":
-                    data = self._read(size, "legacy extended info (xcnt)")
+                    data = self.inp.read(size, "legacy extended info (xcnt)")
                     if size >= 4:
                         hdr.xcnt = struct.unpack_from("<I", data)[0]
                 else:
-                    self._skip(size, f"legacy extended info ({bid!r})")
+                    self.inp.skip(size, f"legacy extended info ({bid!r})")
                 left -= size
         else:
             frames.append(first)
         n = p2m_frame_entries(hdr.p2m_size, hdr.guest_width)
         if n - len(frames) > 0:
-            frames.extend(self._ulongs(n - len(frames), "legacy P2M frame list"))
+            frames.extend(self.inp.ulongs(n - len(frames), "legacy P2M frame list"))
         hdr.p2m_frames = frames
         return hdr
-
-    def _skip(self, n: int, what: str) -> None:
-        if self._pre:
-            take = min(n, len(self._pre))
-            self._pre = self._pre[take:]
-            n -= take
-        if n:
-            self.src.skip(n, what=what, layer=LAYER)
 
     def _checkpoint(self, number: int) -> Iterator[LItem]:
         hdr = self.header
         assert hdr is not None
         first = True
         while True:
-            at = self.pos
+            at = self.inp.pos
             if first and number > 1:
-                raw = self._read_upto(4)
+                raw = self.inp.read_upto(4)
                 if not raw:
                     return  # clean EOF between checkpoints
                 if len(raw) < 4:
                     raise TruncatedError(at, 4, len(raw), what="legacy chunk", layer=LAYER)
                 n = struct.unpack("<i", raw)[0]
             else:
-                n = self._i32("legacy chunk")
+                n = self.inp.i32("legacy chunk")
             first = False
             if n == 0:
                 yield LBodyEnd(at, number)
                 break
-            if n > 0 and self.bulk and not self.compressing and not self._pre:
+            if n > 0 and self.bulk and not self.compressing and not self.inp.pre:
                 run = self._plain_run(at, n, number)
                 if run is not None:
                     yield run
@@ -334,30 +271,32 @@ class LegacyParser:
             if n > 0:
                 yield self._batch(at, n, number)
             else:
-                yield self._chunk(at, n, number)
+                yield read_chunk(self.inp, self, at, n, number)
         # the tail
         if hdr.guest == "hvm":
-            yield self._hvm_tail(number)
+            yield read_hvm_tail(self.inp, number)
             if self.opts.qemu == "skip":
                 self._stop_after_tail = True
             else:
-                q = self._qemu(number)
+                q = read_qemu(self.inp, number, self.opts.qemu == "optional")
                 if q is not None:
+                    if q.kind == "xend":
+                        self._stop_after_tail = True  # its data runs to the end of the input
                     yield q
         else:
-            yield self._pv_tail(number)
+            yield read_pv_tail(self.inp, hdr, self.vcpumap, number)
         if self.compression_enabled:
             self.compressing = True
-        yield LCheckpointEnd(self.pos, number, self.last_checkpoint)
+        yield LCheckpointEnd(self.inp.pos, number, self.last_checkpoint)
 
     def _batch(self, at: int, n: int, number: int) -> LBatch:
         hdr = self.header
         assert hdr is not None
         if n > MAX_BATCH_SIZE:
-            raise self._error(at, f"expected a batch of at most {MAX_BATCH_SIZE} pages, found "
-                              f"{n} (\"Max batch size exceeded\")", "legacy page batch",
-                              "legacy-batch-size")
-        entries = self._ulongs(n, "legacy page batch (pfn types)")
+            raise legacy_error(at, f"expected a batch of at most {MAX_BATCH_SIZE} pages, found "
+                               f"{n} (\"Max batch size exceeded\")", "legacy page batch",
+                               "legacy-batch-size")
+        entries = self.inp.ulongs(n, "legacy page batch (pfn types)")
         n_data = 0
         notab = max(entries) <= PFINFO_PFN_MASK  # the common case: no type bits at all
         if self.compressing:
@@ -369,178 +308,9 @@ class LegacyParser:
                          if ((e & PFINFO_TYPE_MASK) >> PFINFO_TYPE_SHIFT) not in NO_DATA_TYPES)
         rem = self.src.remaining()
         if rem is not None and n_data * PAGE_SIZE > rem:
-            raise TruncatedError(self.pos, n_data * PAGE_SIZE, rem, what="legacy page batch",
+            raise TruncatedError(self.inp.pos, n_data * PAGE_SIZE, rem, what="legacy page batch",
                                  layer=LAYER)
         b = LBatch(at, n, entries, n_data, number)
         b.notab = notab
         b._init_payload(self.src, n_data * PAGE_SIZE)
         return b
-
-    def _chunk(self, at: int, cid: int, number: int) -> LChunk:
-        hdr = self.header
-        assert hdr is not None
-        c = LChunk(at, cid, number)
-        c._init_payload(self.src, 0)
-        what = c.what
-        if cid == CHUNK_ENABLE_VERIFY_MODE:
-            pass
-        elif cid == CHUNK_VCPU_INFO:
-            max_id = self._i32(what)
-            if not 0 <= max_id <= MAX_VCPU_ID:
-                raise self._error(at, f"expected max_vcpu_id 0..{MAX_VCPU_ID}, found {max_id}",
-                                  what, "legacy-vcpu-info")
-            words = struct.unpack(f"<{max_id // 64 + 1}Q",
-                                  self._read(8 * (max_id // 64 + 1), what))
-            c.value = max_id
-            c.data = b"".join(struct.pack("<Q", w) for w in words)
-            self.vcpumap = [i for i in range(max_id + 1) if words[i // 64] >> (i % 64) & 1]
-        elif cid in HVM_PARAM_CHUNKS:
-            self._read(4, what)
-            c.value = self._u64(what)
-        elif cid == CHUNK_TSC_INFO:
-            c.data = self._read(20, what)
-        elif cid == CHUNK_LAST_CHECKPOINT:
-            self.last_checkpoint = True
-        elif cid == CHUNK_ENABLE_COMPRESSION:
-            self.compression_enabled = True
-        elif cid == CHUNK_COMPRESSED_DATA:
-            c.length = self._ulong(what)
-            rem = self.src.remaining()
-            if rem is not None and c.length > rem:
-                raise TruncatedError(self.pos, c.length, rem, what=what, layer=LAYER)
-            c._init_payload(self.src, c.length)
-        elif cid == CHUNK_TOOLSTACK:
-            length = self._u32(what)
-            if length > TOOLSTACK_MAX:
-                raise self._error(at, f"expected a toolstack record of at most {TOOLSTACK_MAX} "
-                                  f"bytes, found {length}", what, "legacy-toolstack-size")
-            c.length = length
-            c.data = self._read(length, what)
-        elif cid == CHUNK_TMEM:
-            c.value = self._tmem(what)
-        elif cid == CHUNK_TMEM_EXTRA:
-            c.value = self._tmem_extra(what)
-        else:
-            raise self._error(at, f"expected a page count 1..1024 or a chunk id -1..-20, found "
-                              f"{cid} (\"Max batch size exceeded\")", "legacy chunk",
-                              "legacy-chunk-id")
-        return c
-
-    def _tmem(self, what: str) -> int:
-        """Walk a TMEM chunk (xc_tmem.c); returns the number of pages it carries."""
-        self._read(12, what)  # version, max_pools, -1
-        self._read(16, what)  # client flags, weight, cap, -1
-        pages = 0
-        while True:
-            pool_id = self._u32(what)
-            if pool_id == 0xFFFFFFFF:
-                return pages
-            flags = self._u32(what)
-            n_pages = self._u32(what)
-            self._read(16, what)  # uuid
-            psize = 1 << (((flags >> 4) & 0xF) + 12)
-            if psize > TMEM_PAGE_MAX:
-                raise self._error(self.pos, f"expected a tmem page size of at most "
-                                  f"{TMEM_PAGE_MAX}, found {psize}", what, "legacy-tmem")
-            for _ in range(n_pages):
-                oid = self._read(24, what)
-                if oid == b"\xff" * 24:
-                    break
-                self._read(4, what)
-                self._skip(psize, what)
-                pages += 1
-
-    def _tmem_extra(self, what: str) -> int:
-        n = 0
-        while self._u32(what) != 0xFFFFFFFF:
-            self._read(28, what)  # oid[3], index
-            n += 1
-        return n
-
-    def _hvm_tail(self, number: int) -> LHvmTail:
-        at = self.pos
-        what = "legacy HVM tail"
-        magic = struct.unpack("<QQQ", self._read(24, what))
-        size = self._u32(what)
-        if size > HVM_CONTEXT_MAX:
-            raise self._error(at + 24, f"expected an HVM context of at most {HVM_CONTEXT_MAX} "
-                              f"bytes, found {size}", what, "legacy-hvm-context-size")
-        rem = self.src.remaining()
-        if rem is not None and size > rem:
-            raise TruncatedError(self.pos, size, rem, what=what, layer=LAYER)
-        ctx = self._read(size, what)
-        return LHvmTail(at, (magic[0], magic[1], magic[2]), ctx, number)
-
-    def _qemu(self, number: int) -> Optional[LQemu]:
-        at = self.pos
-        sig = self._read_upto(QEMU_SIG_LEN)
-        if not sig:
-            return None  # a libxc-only stream: no device-model record
-        what = "legacy qemu record"
-        if self.opts.qemu == "optional" and sig not in QEMU_KINDS:
-            # inside a container (a XenServer Libxc_legacy frame) what follows
-            # may be the container's own next frame: give the bytes back
-            self.src.unread(sig)
-            return None
-        if len(sig) < QEMU_SIG_LEN or sig not in QEMU_KINDS:
-            raise self._error(at, "expected a device-model record (DeviceModelRecord0002, "
-                              "RemusDeviceModelState or QemuDeviceModelRecord), found "
-                              f"{sig!r} (\"Invalid QEMU signature\")", what, "legacy-qemu-signature")
-        kind = QEMU_KINDS[sig]
-        if kind == "xend":
-            nxt = self._read_upto(1)
-            if nxt == b"\n":  # XenServer: newline, big-endian length
-                raw = self._read(4, what)
-                length = int.from_bytes(raw, "big")
-                q = LQemu(at, sig + nxt, "xenserver", length, sig + nxt + raw, number)
-            else:
-                # xend: the data runs to the end of the input
-                self.src.unread(nxt)
-                q = LQemu(at, sig, "xend", None, sig, number)
-                self._stop_after_tail = True
-                rem = self.src.remaining()
-                q._init_payload(self.src, rem if rem is not None else 1 << 62)
-                return q
-        else:
-            raw = self._read(4, what)
-            length = int.from_bytes(raw, "little")
-            q = LQemu(at, sig, kind, length, sig + raw, number)
-        rem = self.src.remaining()
-        if rem is not None and q.length is not None and q.length > rem:
-            raise TruncatedError(self.pos, q.length, rem, what=what, layer=LAYER)
-        q._init_payload(self.src, q.length or 0)
-        return q
-
-    def _pv_tail(self, number: int) -> LPvTail:
-        hdr = self.header
-        assert hdr is not None
-        at = self.pos
-        what = "legacy PV tail"
-        count = self._u32(what)
-        if count > hdr.p2m_size:
-            raise self._error(at, f"expected at most p2m_size ({hdr.p2m_size:#x}) unmapped pfns, "
-                              f"found {count}", what, "legacy-unmapped-count")
-        unmapped: List[int] = []
-        left = count
-        while left:
-            k = min(left, 1024)
-            unmapped.extend(self._ulongs(k, what))
-            left -= k
-        ctx_size = VCPU_CTX_SIZE[hdr.guest_width]
-        vcpus: List[LVcpu] = []
-        for vid in self.vcpumap:
-            ctx = self._read(ctx_size, f"legacy PV tail (vcpu {vid} context)")
-            ext = self._read(EXTV_SIZE, f"legacy PV tail (vcpu {vid} extended)") if hdr.extv else None
-            mask = 0
-            xs: Optional[bytes] = None
-            if hdr.xcnt:
-                mask = self._u64(f"legacy PV tail (vcpu {vid} xsave)")
-                size = self._u64(f"legacy PV tail (vcpu {vid} xsave)")
-                if 16 + size != hdr.xcnt:
-                    raise self._error(self.pos - 16, f"expected an xsave record of {hdr.xcnt} "
-                                      f"bytes (xcnt) for vcpu {vid}, found {16 + size}",
-                                      what, "legacy-xsave-size")
-                xs = self._read(size, f"legacy PV tail (vcpu {vid} xsave)")
-            vcpus.append(LVcpu(vid, ctx, ext, mask, xs))
-        shinfo = self._read(SHARED_INFO_SIZE, "legacy PV tail (shared info)")
-        return LPvTail(at, unmapped, vcpus, shinfo, number)
