@@ -280,7 +280,7 @@ class LegacyParser:
             else:
                 q = read_qemu(self.inp, number, self.opts.qemu == "optional")
                 if q is not None:
-                    if q.kind == "xend":
+                    if q.qkind == "xend":
                         self._stop_after_tail = True  # its data runs to the end of the input
                     yield q
         else:
