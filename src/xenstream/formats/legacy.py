@@ -146,6 +146,10 @@ QEMU_SIG_REMUS = b"RemusDeviceModelState"
 QEMU_SIG_XEND = b"QemuDeviceModelRecord"
 QEMU_SIG_LEN = 21
 QEMU_KINDS = {QEMU_SIG_LIBXL: "libxl", QEMU_SIG_REMUS: "remus", QEMU_SIG_XEND: "xend"}
+#: what xenopsd reads after a XenSavedDomain image's stream (then a u32 BE length)
+QEMU_SIG_XENOPSD = QEMU_SIG_XEND + b"\n"
+#: a qemu save file (the device-model state) begins with it
+QEMU_SAVE_MAGIC = b"QEVM"
 
 
 def p2m_frame_entries(p2m_size: int, guest_width: int) -> int:

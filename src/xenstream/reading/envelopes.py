@@ -78,7 +78,7 @@ def read_legacy(ctx: Context, item: Legacy) -> Iterator[Item]:
     opts = ctx.legacy_options
     if item.container == "xenopsd-frame" and opts.qemu == "auto":
         opts = LegacyOptions(opts.width, opts.guest, "optional")
-    lp = LegacyParser(ctx.src, prefix=item.head, options=opts)
+    lp = LegacyParser(ctx.src, prefix=item.head, options=opts, container=item.container)
     ctx.legacy_parser = lp
     truncated = False
     for it in lp.items():

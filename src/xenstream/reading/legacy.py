@@ -73,9 +73,12 @@ class LegacyParser:
     ``prefix`` holds bytes already consumed by detection."""
 
     def __init__(self, src: Source, *, prefix: bytes = b"",
-                 options: Optional[LegacyOptions] = None) -> None:
+                 options: Optional[LegacyOptions] = None, container: str = "bare") -> None:
         self.src = src
         self.opts = options or LegacyOptions()
+        #: what the stream came in: "bare", "xl", "libvirt", "xend", "xenopsd"
+        #: (a XenSavedDomain image) or "xenopsd-frame"; decides the qemu record
+        self.container = container
         self.inp = LegacyInput(src, prefix)
         self._pre_at = src.pos - len(prefix)
         self.header: Optional[LHeader] = None
@@ -278,7 +281,7 @@ class LegacyParser:
             if self.opts.qemu == "skip":
                 self._stop_after_tail = True
             else:
-                q = read_qemu(self.inp, number, self.opts.qemu == "optional")
+                q = read_qemu(self.inp, number, self.opts.qemu == "optional", self.container)
                 if q is not None:
                     if q.qkind == "xend":
                         self._stop_after_tail = True  # its data runs to the end of the input

@@ -7,13 +7,16 @@ from __future__ import annotations
 import struct
 from typing import List, Optional
 
-from xenstream.errors import TruncatedError
+from xenstream.errors import FormatError, TruncatedError
 from xenstream.formats.legacy import (
     EXTV_SIZE,
     HVM_CONTEXT_MAX,
     LAYER,
     QEMU_KINDS,
+    QEMU_SAVE_MAGIC,
     QEMU_SIG_LEN,
+    QEMU_SIG_XEND,
+    QEMU_SIG_XENOPSD,
     SHARED_INFO_SIZE,
     VCPU_CTX_SIZE,
     LHeader,
@@ -41,46 +44,85 @@ def read_hvm_tail(inp: LegacyInput, number: int) -> LHvmTail:
     return LHvmTail(at, (magic[0], magic[1], magic[2]), ctx, number)
 
 
-def read_qemu(inp: LegacyInput, number: int, optional: bool) -> Optional[LQemu]:
-    """The device-model record after an HVM tail, None if the input ends
-    there (or, when ``optional``, if no known signature follows).  A xend
-    record (kind "xend") has no length: its data runs to the end of the input."""
+def _qemu_error(at: int, message: str, rule: str) -> FormatError:
+    return legacy_error(at, message + ": the guest's device state would be lost",
+                        "legacy qemu record", rule)
+
+
+def _newline(inp: LegacyInput) -> bool:
+    """Consume a newline if one comes next."""
+    nxt = inp.read_upto(1)
+    if nxt == b"\n":
+        return True
+    inp.src.unread(nxt)
+    return False
+
+
+def read_qemu(inp: LegacyInput, number: int, optional: bool, container: str) -> Optional[LQemu]:
+    """The device-model record after an HVM tail, read as its restorer reads
+    it.  The legacy C restorer (``xc_domain_restore.c``: ``buffer_tail_hvm``)
+    reads a 21-byte signature right after the HVM context and refuses any but
+    ``DeviceModelRecord0002``/``RemusDeviceModelState`` (u32 LE length, then
+    the data) and ``QemuDeviceModelRecord`` (xend: the data to the end of the
+    input, starting with ``QEVM``: ``compat_buffer_qemu``); xenopsd reads
+    ``QemuDeviceModelRecord\n`` (22 bytes) and a u32 BE length after a
+    ``XenSavedDomain`` image's stream (and a bare stream may end in that
+    record: what a XenServer caller's descriptor holds).  ``optional`` (inside a XenServer
+    Libxc_legacy frame, whose container may go on with its next frame):
+    None when no known signature follows."""
     at = inp.pos
-    sig = inp.read_upto(QEMU_SIG_LEN)
-    if not sig:
-        return None  # a libxc-only stream: no device-model record
     what = "legacy qemu record"
+    sig = inp.read_upto(QEMU_SIG_LEN)
     if optional and sig not in QEMU_KINDS:
-        # inside a container (a XenServer Libxc_legacy frame) what follows
-        # may be the container's own next frame: give the bytes back
         inp.src.unread(sig)
         return None
-    if len(sig) < QEMU_SIG_LEN or sig not in QEMU_KINDS:
-        raise legacy_error(at, "expected a device-model record (DeviceModelRecord0002, "
-                           "RemusDeviceModelState or QemuDeviceModelRecord), found "
-                           f"{sig!r} (\"Invalid QEMU signature\")", what,
-                           "legacy-qemu-signature")
-    kind = QEMU_KINDS[sig]
-    if kind == "xend":
-        nxt = inp.read_upto(1)
-        if nxt == b"\n":  # XenServer: newline, big-endian length
-            raw = inp.read(4, what)
-            length = int.from_bytes(raw, "big")
-            q = LQemu(at, sig + nxt, "xenserver", length, sig + nxt + raw, number)
-        else:
-            # xend: the data runs to the end of the input
-            inp.src.unread(nxt)
-            q = LQemu(at, sig, "xend", None, sig, number)
-            rem = inp.src.remaining()
-            q._init_payload(inp.src, rem if rem is not None else 1 << 62)
-            return q
+    if len(sig) < QEMU_SIG_LEN:
+        e = TruncatedError(at, QEMU_SIG_LEN, len(sig), what=what, layer=LAYER, message=(
+            f"expected a device-model record after the HVM tail, found end of stream after "
+            f"{len(sig)} bytes (\"Error reading QEMU signature\"): the guest's device state "
+            "is missing"))
+        e.rule = "legacy-qemu-missing"
+        raise e
+    if container == "xenopsd":
+        nl = inp.read_upto(1) if sig == QEMU_SIG_XEND else b""
+        if nl != b"\n":
+            raise _qemu_error(at, "expected xenopsd's device-model signature "
+                              f"{QEMU_SIG_XENOPSD!r}, found {sig + nl!r}", "xenopsd-qemu-signature")
+        raw = inp.read(4, what)
+        q = LQemu(at, sig + nl, "xenserver", int.from_bytes(raw, "big"), sig + nl + raw, number)
+    elif sig not in QEMU_KINDS:
+        raise _qemu_error(at, "expected a device-model record (DeviceModelRecord0002, "
+                          "RemusDeviceModelState or QemuDeviceModelRecord), found "
+                          f"{sig!r} (\"Invalid QEMU signature\")", "legacy-qemu-signature")
+    elif QEMU_KINDS[sig] == "xend" and container == "bare" and _newline(inp):
+        # a bare stream: what a XenServer caller's descriptor holds after
+        # xenopsd read the XenSavedDomain signature (it then reads this itself)
+        raw = inp.read(4, what)
+        q = LQemu(at, sig + b"\n", "xenserver", int.from_bytes(raw, "big"), sig + b"\n" + raw,
+                  number)
+    elif QEMU_KINDS[sig] == "xend":
+        # no length: the data runs to the end of the input and must be a
+        # qemu save file
+        magic = inp.read_upto(4)
+        inp.src.unread(magic)
+        if magic != QEMU_SAVE_MAGIC:
+            raise _qemu_error(at + QEMU_SIG_LEN, f"expected the qemu data to begin with "
+                              f"{QEMU_SAVE_MAGIC!r}, found {magic!r} (\"Invalid QEMU magic\")",
+                              "legacy-qemu-qevm")
+        q = LQemu(at, sig, "xend", None, sig, number)
+        rem = inp.src.remaining()
+        q._init_payload(inp.src, rem if rem is not None else 1 << 62)
+        return q
     else:
         raw = inp.read(4, what)
-        length = int.from_bytes(raw, "little")
-        q = LQemu(at, sig, kind, length, sig + raw, number)
+        q = LQemu(at, sig, QEMU_KINDS[sig], int.from_bytes(raw, "little"), sig + raw, number)
     rem = inp.src.remaining()
     if rem is not None and q.length is not None and q.length > rem:
-        raise TruncatedError(inp.pos, q.length, rem, what=what, layer=LAYER)
+        e = TruncatedError(inp.pos, q.length, rem, what=what, layer=LAYER, message=(
+            f"expected {q.length} bytes of device-model state (the record's length), found "
+            f"end of stream after {rem}"))
+        e.rule = "legacy-qemu-length"
+        raise e
     q._init_payload(inp.src, q.length or 0)
     return q
 
