@@ -255,6 +255,19 @@ def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
             raise TruncatedError(src.pos - len(h2), 8, len(h2), what="header (libxl header)",
                                  layer=LAYER_LIBXL)
         if h2 != libxl.HDR_IDENT.to_bytes(8, "big"):
+            at = src.pos - 8
+            peek = h2 + src.read_upto(8)
+            guess = legacy.sniff(peek)
+            if guess is not None:
+                # the flag says libxl v2, the content is a legacy stream:
+                # report it and read the stream by its content
+                yield Mismatch(start + 36, LAYER_XL, "header (xl header)", "xl-streamv2-legacy",
+                               "expected a libxl v2 stream (mandatory flags with STREAMv2), "
+                               "found a legacy stream: libxl would read it as v2 and fail "
+                               "(\"Invalid ident\")")
+                yield from read_legacy(ctx, Legacy(at, guess, "xl", peek))
+                return
+            src.unread(peek[8:])
             raise FormatError(src.pos - 8, "expected a libxl stream (xl STREAMv2 flag set), "
                               f"found {h2.hex(' ')}" + _hint(h2 + src.read_upto(8)),
                               what="header (libxl header)", layer=LAYER_LIBXL,

@@ -44,7 +44,7 @@ from xenstream.formats.legacy import (
 )
 from xenstream.io import Source
 from xenstream.reading.legacy import LegacyOptions
-from xenstream.reading.parser import EnvelopeData, Header, Legacy, Parser, XlConfig
+from xenstream.reading.parser import EnvelopeData, Header, Legacy, Mismatch, Parser, XlConfig
 
 
 class Converter:
@@ -113,7 +113,10 @@ class Converter:
         elif isinstance(item, EnvelopeData):
             self.env.data(item)
         elif isinstance(item, Legacy):
+            self.env.legacy_payload()
             self._legacy_marker(item)
+        elif isinstance(item, Mismatch) and item.rule == "xl-streamv2-legacy":
+            self.env.contradiction(item.offset, item.rule, item.message)
         elif isinstance(item, LHeader):
             self._start(item)
         elif isinstance(item, LBatch):

@@ -14,6 +14,7 @@ from typing import Optional
 
 from xenstream.consumers.convert.options import Context, ConversionError
 from xenstream.formats import xl
+from xenstream.formats.libvirt import VERSION_LEGACY as LIBVIRT_VERSION_LEGACY
 from xenstream.reading.parser import EnvelopeData, Header, XlConfig
 from xenstream.writers.v2 import libvirt_header, xl_header
 
@@ -35,9 +36,11 @@ class Envelope:
         if h.kind == "xl header":
             self.kind = "xl"
             self.xl_hdr = h
-            if h.fields["mandatory_flags"] & xl.MANDATORY_FLAG_STREAMV2:
-                raise ConversionError(h.offset, "expected an xl save file without STREAMv2, "
-                                      "found one with it: already a v2 image, nothing to convert")
+        elif (h.kind == "libxl header" and self.xl_hdr is not None
+              and self.xl_hdr.fields["mandatory_flags"] & xl.MANDATORY_FLAG_STREAMV2):
+            raise ConversionError(self.xl_hdr.offset, "expected an xl save file without "
+                                  "STREAMv2, found one with it: already a v2 image, nothing "
+                                  "to convert")
         elif h.kind == "libvirt header":
             self.kind = "libvirt"
             self.libvirt_hdr = h
@@ -49,6 +52,27 @@ class Envelope:
         else:
             raise ConversionError(h.offset, f"expected a legacy image, found a {h.kind}: "
                                   "already in the v2 format (nothing to convert)")
+
+    def contradiction(self, offset: int, rule: str, message: str) -> None:
+        """A header field that says the stream is a v2 one where a legacy
+        stream follows: its own toolstack would fail on the image.  Refused
+        unless ``--force``; forced, the output gets the envelope its content
+        calls for (which :meth:`write` writes anyway)."""
+        if not self.ctx.opts.force:
+            raise ConversionError(offset, f"{message} (rule {rule})" + self.ctx.hint(
+                "; --force converts it by its content"))
+        self.ctx.warn(f"{message} (rule {rule}); converted by its content as forced: the "
+                      f"output's {self.kind} header says what it holds")
+
+    def legacy_payload(self) -> None:
+        """A legacy stream follows the envelope: check the header's version."""
+        h = self.libvirt_hdr
+        if h is not None and h.fields["version"] != LIBVIRT_VERSION_LEGACY:
+            self.contradiction(h.offset + 16, "libvirt-version-lie",
+                               f"expected a libvirt header of version "
+                               f"{LIBVIRT_VERSION_LEGACY} before a legacy stream, found version "
+                               f"{h.fields['version']}: libxl would read it as a v2 stream "
+                               "and fail")
 
     def data(self, item: EnvelopeData) -> None:
         """The libvirt domain XML is kept; the xend configuration goes into the
