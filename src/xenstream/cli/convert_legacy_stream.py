@@ -23,6 +23,7 @@ from xenstream.cli.common import EXIT_OK, EXIT_USAGE, dropin_parser, guarded
 from xenstream.consumers.convert import CONVERTER_VERSION, ConvertOptions
 from xenstream.errors import UsageError
 from xenstream.io import Source
+from xenstream.rules import ANY_RELEASE
 
 PROG = "convert-legacy-stream"
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Is an `xl` header present in the stream? (default no)")
     p.add_argument("--skip-qemu", action="store_true",
                    help="Skip processing of the qemu tail? (default no)")
+    p.add_argument("--stream-version", type=int, choices=[2, 3], default=2,
+                   help="libxc stream version to write (default 2, which every Xen from 4.6 "
+                   "restores; 3 needs Xen >= 4.14)")
     p.add_argument("--syslog", action="store_true", help="Log to syslog instead of stdout")
     p.add_argument("--version", action="version",
                    version=f"{CONVERTER_VERSION} (xenstream)")
@@ -92,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     opts = ConvertOptions(
         out_format=args.format, width_hint=int(args.twidth) // 8 if args.twidth else None,
         guest=args.gtype, skip_qemu=args.skip_qemu, xl=args.xl, keep_envelope=args.xl,
-        upstream_xl=True, hints=False)
+        upstream_xl=True, hints=False, stream_version=args.stream_version, target=ANY_RELEASE)
     with src:
         try:
             out = open_output(args.fout, src, allow_bare_fd=True)

@@ -22,6 +22,7 @@ from xenstream.formats.legacy import LBatch, LBatchRun, LHeader, LHvmTail, LPvTa
 from xenstream.formats.libxc import PAGE_SIZE as PAGE
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
+from xenstream.rules import ANY_RELEASE, RULES, Rule, last_restoring, refused
 from xenstream.writers.v2 import LibxcWriter, LibxlWriter
 
 _PAGE_DATA_HEAD = struct.Struct("<IIII")
@@ -45,6 +46,7 @@ class V2Emitter:
         self.opts = ctx.opts
         self.res = ctx.res
         self.warn = ctx.warn
+        self.hint = ctx.hint
         self.env = env
         self.cp = cp
         self._pages_sink = cp.pages_sink  # this checkpoint's: the output or its staging
@@ -62,14 +64,22 @@ class V2Emitter:
 
     def _report(self, severity: str, rule: str, authority: str, tolerated: bool,
                 message: str, **_: Any) -> None:
-        if severity != ERROR or rule == "tsc-mode-pvrdtscp":
-            return
-        if rule.startswith("hvm-"):
-            # the hypervisor's own checks of the HVM context changed between
-            # releases; carry the guest's context as saved and say so
-            self.warn(f"HVM context: {message} (rule {rule}); kept as saved")
-            return
-        self.findings.append((rule, authority, message))
+        """A finding of a layer checker about the record just written, judged
+        as the target release's restore would judge it (:mod:`xenstream.rules`)."""
+        r = RULES.get(rule) or Rule(rule, severity, authority, "", tolerated, message)
+        if r.severity != ERROR:
+            return  # what the verifier reports as a warning is written as it is
+        target = self.opts.target
+        since = (f"; Xen {r.since} and later refuse it, {last_restoring(r)} is the last release "
+                 f"that restores it" if last_restoring(r) else "")
+        if target == ANY_RELEASE and not refused(r, ANY_RELEASE):
+            self.warn(f"the converted stream breaks rule {rule}: {message}{since}")
+        elif self.opts.force:
+            self.warn(f"the converted stream breaks rule {rule}: {message}{since}; written as "
+                      "forced")
+            self.res.forced.append(rule)
+        else:
+            self.findings.append((rule, r.authority, message + since))
 
     def _libxc_record(self, w: LibxcWriter, rtype: int, body: bytes) -> None:
         w.record(rtype, body)
@@ -92,7 +102,7 @@ class V2Emitter:
         if self.findings:
             rule, _auth, msg = self.findings[0]
             raise ConversionError(self.src.pos, f"the converted stream would break rule "
-                                  f"{rule}: {msg}")
+                                  f"{rule}: {msg}" + self.hint(" (--force writes it anyway)"))
 
     # -- legacy header -> v2 headers --------------------------------------------------------
 
@@ -147,8 +157,6 @@ class V2Emitter:
 
     def tsc_info(self, data: bytes) -> None:
         mode, nsec, khz, inc = struct.unpack("<IQII", data)
-        if mode == 3:
-            self.warn("TSC mode 3 (PVRDTSCP): Xen >= 4.12 refuses to restore it")
         if not self.tsc_written:
             self._libxc_record(self.w, libxc.REC_TYPE_X86_TSC_INFO, libxc.X86_TSC_INFO.pack(
                 "<", mode=mode, khz=khz, nsec=nsec, incarnation=inc, _res1=0))

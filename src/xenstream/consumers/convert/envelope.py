@@ -119,6 +119,12 @@ class Envelope:
             flags = f["mandatory_flags"]
             if fmt == "libxl":
                 flags |= xl.MANDATORY_FLAG_STREAMV2
+            else:
+                # the drop-in's -x -f libxc: upstream's output, kept as it was
+                self.ctx.warn("the output is an xl header without STREAMv2 before a libxc "
+                              "stream, as upstream's converter wrote it: no xl restores that "
+                              "(xl reads a v2 stream only after STREAMv2, as a libxl stream; "
+                              "-f libxl writes one)")
             # the optional data (configuration and anything after it) verbatim
             opt = self.xl_cfg.raw if self.xl_cfg is not None else b""
             if opt is None:

@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 from xenstream.consumers.convert.sink import Sink
 from xenstream.errors import XenstreamError
 from xenstream.io import Source
+from xenstream.rules import HEAD
 
 CONVERTER_VERSION = 1  # written as the domain header's xen_minor (xen_major 0)
 
@@ -41,7 +42,7 @@ class ConvertOptions:
                  drop_tmem: bool = False, xl: Optional[bool] = None,
                  tmpdir: Optional[str] = None, keep_envelope: bool = True,
                  progress: Optional[Callable[[int], None]] = None,
-                 hints: bool = True, upstream_xl: bool = False) -> None:
+                 hints: bool = True, upstream_xl: bool = False, target: str = HEAD) -> None:
         self.out_format = out_format  # "libxc" | "libxl" | None: from the envelope
         self.stream_version = stream_version
         self.width = width  # forced toolstack width in bytes (error on contradiction)
@@ -60,6 +61,9 @@ class ConvertOptions:
         #: the drop-in's -x: copy the xl header and optional data as upstream
         #: did, adding STREAMv2 only for libxl output
         self.upstream_xl = upstream_xl
+        #: what the output is judged against: HEAD (xenstream convert) or
+        #: ANY_RELEASE (the drop-in, run on a restoring host of any release)
+        self.target = target
 
 
 class ConvertResult:
@@ -74,6 +78,8 @@ class ConvertResult:
         self.warnings: List[str] = []
         self.sxp: Optional[bytes] = None  # xend config to write beside the output
         self.bytes_written = 0
+        #: ids of the rules the output breaks because --force wrote it anyway
+        self.forced: List[str] = []
 
 
 class Context:
