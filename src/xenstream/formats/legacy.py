@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from xenstream.errors import TruncatedError
+from xenstream.errors import FormatError, TruncatedError
 from xenstream.io import Source
 
 P2M_SIZE_MAX = 0x10000000  # the legacy saver refuses p2m_size > 0x0FFFFFFF
@@ -385,16 +385,26 @@ class LCheckpointEnd(_Item):
 
 
 class LTruncated(_Item):
-    """End of input inside checkpoint ``number`` (> 1): what a failing Remus
-    primary leaves; the restorer fails over to the previous checkpoint."""
+    """End of input, or a malformed structure, inside checkpoint ``number``
+    (> 1): what a failing Remus primary leaves; the legacy restorer discards
+    that checkpoint and restores the previous one."""
 
     __slots__ = ("number", "error")
     kind = "truncated checkpoint"
 
-    def __init__(self, offset: int, number: int, error: TruncatedError) -> None:
+    def __init__(self, offset: int, number: int, error: FormatError) -> None:
         self.offset = offset
         self.number = number
         self.error = error
+
+    @property
+    def cut(self) -> bool:
+        """True for end of input, False for a malformed structure."""
+        return isinstance(self.error, TruncatedError)
+
+    def describe(self) -> str:
+        how = "ends inside" if self.cut else "has a malformed"
+        return f"the Remus stream {how} checkpoint {self.number} ({self.error.message})"
 
 
 LItem = Union[LHeader, LBatch, LBatchRun, LChunk, LBodyEnd, LHvmTail, LPvTail, LQemu,
@@ -526,8 +536,5 @@ class LegacyChecker:
             self.checkpoints = it.number
         elif isinstance(it, LTruncated):
             self.truncated_in = it.number
-            r("warning", "legacy-checkpoint-eof", "restore", True,
-              f"the Remus stream ends inside checkpoint {it.number} ({it.error.message}): a "
-              f"restore fails over to checkpoint {it.number - 1}")
-
-
+            r("warning", "legacy-checkpoint-eof" if it.cut else "legacy-checkpoint-bad", "restore",
+              True, f"{it.describe()}: a restore fails over to checkpoint {it.number - 1}")

@@ -21,7 +21,7 @@ import os
 import struct
 from typing import Iterator, List, Optional, Tuple
 
-from xenstream.errors import TruncatedError
+from xenstream.errors import FormatError, TruncatedError
 from xenstream.formats.legacy import (
     GUEST_WIDTH_OF_CTX,
     LAYER,
@@ -110,7 +110,10 @@ class LegacyParser:
                         ended = True
                 if not ended:
                     return  # clean end of input before a later checkpoint
-            except TruncatedError as e:
+            except FormatError as e:
+                # in a later checkpoint, the legacy restorer discards it and
+                # restores the last complete one ("error buffering image
+                # tail, finishing"; likewise for a batch): a dying primary
                 if number == 1:
                     raise
                 yield LTruncated(e.offset, number, e)

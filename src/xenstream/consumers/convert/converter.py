@@ -132,8 +132,7 @@ class Converter:
         elif isinstance(item, LCheckpointEnd):
             self._checkpoint_end(item)
         elif isinstance(item, LTruncated):
-            self.warn(f"the Remus stream ends inside checkpoint {item.number} "
-                      f"({item.error.message}); converted the state of checkpoint "
+            self.warn(f"{item.describe()}; converted the state of checkpoint "
                       f"{item.number - 1}, as a failover restore would")
             self.cp.discard()
         else:
