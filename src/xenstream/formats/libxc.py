@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
-from xenstream.formats import hvm
+from xenstream.formats import hvm, pv
 from xenstream.layout import Layout
 
 # -- image and domain header ------------------------------------------------
@@ -152,10 +152,10 @@ X86_PV_INFO = Layout(
 )
 X86_PV_P2M_FRAMES_HDR = Layout("X86_PV_P2M_FRAMES", [("start_pfn", "I"), ("end_pfn", "I")])
 X86_PV_VCPU_HDR = Layout("X86_PV_VCPU header", [("vcpu_id", "I"), ("_res1", "I")])
-VCPU_BASIC_SIZE = {8: 5168, 4: 2800}
-VCPU_EXTENDED_MAX = 128
-VCPU_XSAVE_MIN = 16
-SHARED_INFO_SIZE = 4096
+VCPU_BASIC_SIZE = pv.VCPU_CONTEXT_SIZE
+VCPU_EXTENDED_MAX = pv.VCPU_EXTENDED_MAX
+VCPU_XSAVE_MIN = pv.VCPU_XSAVE_MIN
+SHARED_INFO_SIZE = pv.SHARED_INFO_SIZE
 
 X86_TSC_INFO = Layout(
     "X86_TSC_INFO",
