@@ -1,19 +1,71 @@
 """libxc migration stream, versions 2 and 3 (``docs/specs/libxc-migration-stream.pandoc``).
 
-Layouts and constants first, then :class:`LibxcChecker`, which holds the rules
-of the specification and of Xen's C restorer (``tools/libs/guest/xg_sr_*``)
-for this layer.
+The image and domain headers and the record types first, then
+:class:`LibxcChecker`, which holds the rules of the specification and of
+Xen's C restorer (``tools/libs/guest/xg_sr_*``) for this layer.  The layouts
+and constants of the record families live beside it (PAGE_DATA in
+:mod:`~xenstream.formats.libxc_pages`, the PV records in
+:mod:`~xenstream.formats.libxc_pv`, the HVM and x86 platform records in
+:mod:`~xenstream.formats.libxc_hvm`, the shared state in
+:mod:`~xenstream.formats.libxc_state`); this module re-exports them, so that
+``libxc.NAME`` names everything of the layer.
 """
 
 from __future__ import annotations
 
-import array
 import struct
-import sys
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional
 
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.formats import hvm, pv
+from xenstream.formats.libxc_hvm import (
+    CPUID_LEAF,
+    HVM_NR_PARAMS,
+    HVM_PARAM_NAMES,
+    HVM_PARAM_PAE_ENABLED,
+    HVM_PARAMS_ENTRY,
+    HVM_PARAMS_HDR,
+    MSR_ENTRY,
+    TSC_MODE_NAMES,
+    X86_TSC_INFO,
+)
+from xenstream.formats.libxc_pages import (
+    _U32X2,
+    KNOWN_PAGE_TYPES,
+    MAX_BATCH_SIZE,
+    NATIVE,
+    NO_DATA_PAGE_TYPES,
+    PAGE_DATA_HDR,
+    PAGE_DATA_PFN_MASK,
+    PAGE_DATA_PFN_RESZ_MASK,
+    PAGE_DATA_TYPE_SHIFT,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGE_TYPE_NAMES,
+    PT_BROKEN,
+    PT_L1TAB,
+    PT_L2TAB,
+    PT_L3TAB,
+    PT_L4TAB,
+    PT_LPINTAB,
+    PT_NOTAB,
+    PT_XALLOC,
+    PT_XTAB,
+    T_BAD,
+    T_DATA,
+    T_HIGH,
+    T_LOW,
+    PfnScan,
+    scan_pfns,
+)
+from xenstream.formats.libxc_pv import (
+    VCPU_MSR_ENTRY,
+    X86_PV_INFO,
+    X86_PV_P2M_FRAMES_HDR,
+    X86_PV_VCPU_HDR,
+    p2m_frames_length,
+)
+from xenstream.formats.libxc_state import GUEST_HVM, GUEST_PV, LibxcState, Report
 from xenstream.layout import Layout
 
 # -- image and domain header ------------------------------------------------
@@ -40,8 +92,6 @@ DHDR_TYPE_X86_HVM = 0x00000002
 DHDR_TYPE_X86_PVH = 0x00000003  # reserved since Xen 4.x (279521aed9)
 DHDR_TYPE_ARM = 0x00000004  # reserved
 DHDR_TYPE_NAMES = {1: "x86 PV", 2: "x86 HVM", 3: "x86 PVH (reserved)", 4: "ARM (reserved)"}
-GUEST_PV = "pv"
-GUEST_HVM = "hvm"
 
 # -- records -------------------------------------------------------------------
 
@@ -109,182 +159,34 @@ def record_name(rtype: int) -> str:
     return f"UNKNOWN_{rtype:#010x}"
 
 
-# PAGE_DATA
-PAGE_DATA_HDR = Layout("PAGE_DATA header", [("count", "I"), ("_res1", "I")])
-PAGE_DATA_PFN_MASK = 0x000FFFFFFFFFFFFF
-PAGE_DATA_PFN_RESZ_MASK = 0x0FF0000000000000
-PAGE_DATA_TYPE_SHIFT = 60
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
-MAX_BATCH_SIZE = 1024  # what the saver sends at most (xg_save_restore.h)
-
-# XEN_DOMCTL_PFINFO_* >> 28
-PT_NOTAB = 0x0
-PT_L1TAB = 0x1
-PT_L2TAB = 0x2
-PT_L3TAB = 0x3
-PT_L4TAB = 0x4
-PT_LPINTAB = 0x8
-PT_BROKEN = 0xD
-PT_XALLOC = 0xE
-PT_XTAB = 0xF
-PAGE_TYPE_NAMES = {
-    0x0: "NOTAB",
-    0x1: "L1TAB",
-    0x2: "L2TAB",
-    0x3: "L3TAB",
-    0x4: "L4TAB",
-    0x9: "L1TAB|PIN",
-    0xA: "L2TAB|PIN",
-    0xB: "L3TAB|PIN",
-    0xC: "L4TAB|PIN",
-    0xD: "BROKEN",
-    0xE: "XALLOC",
-    0xF: "XTAB",
-}
-KNOWN_PAGE_TYPES = frozenset(PAGE_TYPE_NAMES)
-NO_DATA_PAGE_TYPES = frozenset({PT_BROKEN, PT_XALLOC, PT_XTAB})
-
-# PV records
-X86_PV_INFO = Layout(
-    "X86_PV_INFO",
-    [("guest_width", "B"), ("pt_levels", "B"), ("_res0", "H"), ("_res1", "I")],
-)
-X86_PV_P2M_FRAMES_HDR = Layout("X86_PV_P2M_FRAMES", [("start_pfn", "I"), ("end_pfn", "I")])
-X86_PV_VCPU_HDR = Layout("X86_PV_VCPU header", [("vcpu_id", "I"), ("_res1", "I")])
+# PV vcpu context sizes under their old names
 VCPU_BASIC_SIZE = pv.VCPU_CONTEXT_SIZE
 VCPU_EXTENDED_MAX = pv.VCPU_EXTENDED_MAX
 VCPU_XSAVE_MIN = pv.VCPU_XSAVE_MIN
 SHARED_INFO_SIZE = pv.SHARED_INFO_SIZE
 
-X86_TSC_INFO = Layout(
-    "X86_TSC_INFO",
-    [("mode", "I"), ("khz", "I"), ("nsec", "Q"), ("incarnation", "I"), ("_res1", "I")],
-)
-TSC_MODE_NAMES = {0: "DEFAULT", 1: "ALWAYS_EMULATE", 2: "NEVER_EMULATE", 3: "PVRDTSCP"}
-
-HVM_PARAMS_HDR = Layout("HVM_PARAMS header", [("count", "I"), ("_res1", "I")])
-HVM_PARAMS_ENTRY = Layout("HVM_PARAMS entry", [("index", "Q"), ("value", "Q")])
-HVM_NR_PARAMS = 39
-HVM_PARAM_NAMES = {
-    0: "CALLBACK_IRQ", 1: "STORE_PFN", 2: "STORE_EVTCHN", 4: "PAE_ENABLED",
-    5: "IOREQ_PFN", 6: "BUFIOREQ_PFN", 8: "BUFIOREQ_EVTCHN", 9: "VIRIDIAN",
-    10: "TIMER_MODE", 11: "HPET_ENABLED", 12: "IDENT_PT", 14: "ACPI_S_STATE",
-    15: "VM86_TSS", 16: "VPT_ALIGN", 17: "CONSOLE_PFN", 18: "CONSOLE_EVTCHN",
-    19: "ACPI_IOPORTS_LOCATION", 20: "MEMORY_EVENT_CR0", 21: "MEMORY_EVENT_CR3",
-    22: "MEMORY_EVENT_CR4", 23: "MEMORY_EVENT_INT3", 24: "NESTEDHVM",
-    25: "MEMORY_EVENT_SINGLE_STEP", 26: "PAGING_RING_PFN", 27: "PAGING_RING_PFN",
-    28: "MONITOR_RING_PFN", 29: "SHARING_RING_PFN", 30: "MEMORY_EVENT_MSR",
-    31: "TRIPLE_FAULT_REASON", 32: "IOREQ_SERVER_PFN", 33: "NR_IOREQ_SERVER_PAGES",
-    34: "VM_GENERATION_ID_ADDR", 35: "ALTP2M", 36: "X87_FIP_WIDTH",
-    37: "VM86_TSS_SIZED", 38: "MCA_CAP",
-}
-HVM_PARAM_PAE_ENABLED = 4
-
-CPUID_LEAF = Layout(
-    "xen_cpuid_leaf_t",
-    [("leaf", "I"), ("subleaf", "I"), ("a", "I"), ("b", "I"), ("c", "I"), ("d", "I")],
-)
-MSR_ENTRY = Layout("xen_msr_entry_t", [("idx", "I"), ("flags", "I"), ("val", "Q")])
-VCPU_MSR_ENTRY = Layout("xen_domctl_vcpu_msr", [("index", "I"), ("_res1", "I"), ("value", "Q")])
-
-
-def p2m_frames_length(start_pfn: int, end_pfn: int, width: int) -> int:
-    """The exact X86_PV_P2M_FRAMES body length the restorer demands."""
-    fpp = PAGE_SIZE // width
-    return 8 + 8 * ((end_pfn // fpp + 1) - start_pfn // fpp)
-
-
-T_BAD = _T_BAD = bytes(0 if (b >> 4) in KNOWN_PAGE_TYPES else 1 for b in range(256))
-T_DATA = _T_DATA = bytes(1 if (b >> 4) in KNOWN_PAGE_TYPES and (b >> 4) not in NO_DATA_PAGE_TYPES
-                else 0 for b in range(256))
-T_LOW = _T_LOW = bytes(b & 0x0F for b in range(256))
-T_HIGH = _T_HIGH = bytes(b & 0xF0 for b in range(256))
-NATIVE = _NATIVE = "<" if sys.byteorder == "little" else ">"
-_U32X2 = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
-
-
-class PfnScan:
-    """Facts about one PAGE_DATA pfn array, computed with C-level bulk operations."""
-
-    __slots__ = ("raw", "endian", "count", "n_data", "bad_types", "reserved", "pfns", "max_pfn")
-
-    def __init__(self, raw: bytes, endian: str) -> None:
-        self.raw = raw
-        self.endian = endian
-        count = self.count = len(raw) >> 3
-        hi, nx = (7, 6) if endian == "<" else (0, 1)
-        top = raw[hi::8]  # bits 56-63: type nibble and reserved bits 56-59
-        nxt = raw[nx::8]  # bits 48-55: pfn bits 48-51 and reserved bits 52-55
-        zeros = bytes(count)
-        high_nxt = nxt.translate(_T_HIGH) != zeros
-        pfns = array.array("Q")
-        if top == zeros:  # all NOTAB, no reserved bits in the top byte: the common case
-            self.n_data = count
-            self.bad_types = 0
-            if not high_nxt:
-                pfns.frombytes(raw)
-        else:
-            self.n_data = top.translate(_T_DATA).count(1)
-            self.bad_types = top.translate(_T_BAD).count(1)
-            high_nxt = high_nxt or top.translate(_T_LOW) != zeros
-        self.reserved = 0
-        if high_nxt:
-            self.reserved = sum(1 for e in self.entries() if e & PAGE_DATA_PFN_RESZ_MASK)
-        if not pfns:
-            masked = bytearray(raw)
-            masked[hi::8] = zeros
-            masked[nx::8] = nxt.translate(_T_LOW)
-            pfns.frombytes(masked)
-        if endian != _NATIVE:
-            pfns.byteswap()
-        self.pfns = pfns
-        self.max_pfn = max(pfns) if count else 0
-
-    def entries(self) -> Tuple[int, ...]:
-        """The raw 64-bit entries (slow path, for error messages)."""
-        return struct.unpack(f"{self.endian}{self.count}Q", self.raw)
-
-
-def scan_pfns(raw: bytes, endian: str = "<") -> PfnScan:
-    return PfnScan(raw, endian)
-
-
-# -- rules -----------------------------------------------------------------------
-
-Report = Callable[..., None]
-"""``report(severity, rule, authority, tolerated, message, *, offset=None)``"""
-
-
-class LibxcState:
-    """What the libxc layer has seen so far, for ordering rules and summaries."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.endian = "<"
-        self.guest: Optional[str] = None  # "pv" | "hvm" | None (unknown type)
-        self.dhdr_type = 0
-        self.converted_from_legacy = False
-        self.xen_version = ""
-        self.seen_pv_info = False
-        self.width = 8  # PV domain width; native until X86_PV_INFO
-        self.pt_levels = 4
-        self.seen_p2m = False
-        self.max_pfn: Optional[int] = None  # PV: highest end_pfn in P2M_FRAMES
-        self.p2m_frame_pfns: Set[int] = set()
-        self.p2m_frame_types: Dict[int, int] = {}
-        self.static_data_end = False
-        self.static_data_end_inferred = False
-        self.static_data_end_missing = False  # v3: reported missing before memory
-        self.vcpu_basic: Set[int] = set()
-        self.hvm_context = False
-        self.verify_mode = False
-        self.checkpoints = 0
-        self.pages = 0
-        self.page_records = 0
-        self.pfns_max: Optional[int] = None
-        self.hvm_vcpus: Set[int] = set()
-        self.ended = False
+__all__ = [  # the whole layer, whichever module defines a name
+    "CPUID_LEAF", "DHDR", "DHDR_TYPE_ARM", "DHDR_TYPE_NAMES", "DHDR_TYPE_X86_HVM",
+    "DHDR_TYPE_X86_PV", "DHDR_TYPE_X86_PVH", "GUEST_HVM", "GUEST_PV", "HVM_NR_PARAMS",
+    "HVM_ONLY", "HVM_PARAMS_ENTRY", "HVM_PARAMS_HDR", "HVM_PARAM_NAMES",
+    "HVM_PARAM_PAE_ENABLED", "IHDR", "IHDR_ID", "IHDR_MARKER", "IHDR_OPT_BE",
+    "IHDR_OPT_BIT_ENDIAN", "IHDR_OPT_RESERVED", "IHDR_VERSIONS", "KNOWN_PAGE_TYPES",
+    "LibxcChecker", "LibxcState", "MAX_BATCH_SIZE", "MSR_ENTRY", "NATIVE", "NO_BODY",
+    "NO_DATA_PAGE_TYPES", "PAGE_DATA_HDR", "PAGE_DATA_PFN_MASK", "PAGE_DATA_PFN_RESZ_MASK",
+    "PAGE_DATA_TYPE_SHIFT", "PAGE_SHIFT", "PAGE_SIZE", "PAGE_TYPE_NAMES", "PT_BROKEN",
+    "PT_L1TAB", "PT_L2TAB", "PT_L3TAB", "PT_L4TAB", "PT_LPINTAB", "PT_NOTAB", "PT_XALLOC",
+    "PT_XTAB", "PV_ONLY", "PfnScan", "REC_ALIGN", "REC_LENGTH_MAX", "REC_TYPE_CHECKPOINT",
+    "REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST", "REC_TYPE_END", "REC_TYPE_HVM_CONTEXT",
+    "REC_TYPE_HVM_PARAMS", "REC_TYPE_OPTIONAL", "REC_TYPE_PAGE_DATA", "REC_TYPE_SHARED_INFO",
+    "REC_TYPE_STATIC_DATA_END", "REC_TYPE_TOOLSTACK", "REC_TYPE_VERIFY",
+    "REC_TYPE_X86_CPUID_POLICY", "REC_TYPE_X86_MSR_POLICY", "REC_TYPE_X86_PV_INFO",
+    "REC_TYPE_X86_PV_P2M_FRAMES", "REC_TYPE_X86_PV_VCPU_BASIC", "REC_TYPE_X86_PV_VCPU_EXTENDED",
+    "REC_TYPE_X86_PV_VCPU_MSRS", "REC_TYPE_X86_PV_VCPU_XSAVE", "REC_TYPE_X86_TSC_INFO", "RH",
+    "Report", "SHARED_INFO_SIZE", "TSC_MODE_NAMES", "T_BAD", "T_DATA", "T_HIGH", "T_LOW",
+    "V3_ONLY", "VCPU_BASIC_SIZE", "VCPU_EXTENDED_MAX", "VCPU_MSR_ENTRY", "VCPU_RECORDS",
+    "VCPU_XSAVE_MIN", "X86_PV_INFO", "X86_PV_P2M_FRAMES_HDR", "X86_PV_VCPU_HDR", "X86_TSC_INFO",
+    "p2m_frames_length", "record_name", "scan_pfns",
+]
 
 
 class LibxcChecker:
