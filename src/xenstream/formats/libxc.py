@@ -13,11 +13,10 @@ and constants of the record families live beside it (PAGE_DATA in
 
 from __future__ import annotations
 
-import struct
 from typing import Callable, Dict, List, Optional
 
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
-from xenstream.formats import hvm, pv
+from xenstream.formats import pv
 from xenstream.formats.libxc_hvm import (
     CPUID_LEAF,
     HVM_NR_PARAMS,
@@ -28,9 +27,9 @@ from xenstream.formats.libxc_hvm import (
     MSR_ENTRY,
     TSC_MODE_NAMES,
     X86_TSC_INFO,
+    HvmRecords,
 )
 from xenstream.formats.libxc_pages import (
-    _U32X2,
     KNOWN_PAGE_TYPES,
     MAX_BATCH_SIZE,
     NATIVE,
@@ -55,6 +54,7 @@ from xenstream.formats.libxc_pages import (
     T_DATA,
     T_HIGH,
     T_LOW,
+    PageDataRecords,
     PfnScan,
     scan_pfns,
 )
@@ -63,9 +63,17 @@ from xenstream.formats.libxc_pv import (
     X86_PV_INFO,
     X86_PV_P2M_FRAMES_HDR,
     X86_PV_VCPU_HDR,
+    PvRecords,
     p2m_frames_length,
 )
-from xenstream.formats.libxc_state import GUEST_HVM, GUEST_PV, LibxcState, Report
+from xenstream.formats.libxc_state import (
+    GUEST_HVM,
+    GUEST_PV,
+    Handler,
+    LibxcState,
+    RecordFamily,
+    Report,
+)
 from xenstream.layout import Layout
 
 # -- image and domain header ------------------------------------------------
@@ -167,41 +175,65 @@ SHARED_INFO_SIZE = pv.SHARED_INFO_SIZE
 
 __all__ = [  # the whole layer, whichever module defines a name
     "CPUID_LEAF", "DHDR", "DHDR_TYPE_ARM", "DHDR_TYPE_NAMES", "DHDR_TYPE_X86_HVM",
-    "DHDR_TYPE_X86_PV", "DHDR_TYPE_X86_PVH", "GUEST_HVM", "GUEST_PV", "HVM_NR_PARAMS",
-    "HVM_ONLY", "HVM_PARAMS_ENTRY", "HVM_PARAMS_HDR", "HVM_PARAM_NAMES",
-    "HVM_PARAM_PAE_ENABLED", "IHDR", "IHDR_ID", "IHDR_MARKER", "IHDR_OPT_BE",
-    "IHDR_OPT_BIT_ENDIAN", "IHDR_OPT_RESERVED", "IHDR_VERSIONS", "KNOWN_PAGE_TYPES",
-    "LibxcChecker", "LibxcState", "MAX_BATCH_SIZE", "MSR_ENTRY", "NATIVE", "NO_BODY",
-    "NO_DATA_PAGE_TYPES", "PAGE_DATA_HDR", "PAGE_DATA_PFN_MASK", "PAGE_DATA_PFN_RESZ_MASK",
-    "PAGE_DATA_TYPE_SHIFT", "PAGE_SHIFT", "PAGE_SIZE", "PAGE_TYPE_NAMES", "PT_BROKEN",
-    "PT_L1TAB", "PT_L2TAB", "PT_L3TAB", "PT_L4TAB", "PT_LPINTAB", "PT_NOTAB", "PT_XALLOC",
-    "PT_XTAB", "PV_ONLY", "PfnScan", "REC_ALIGN", "REC_LENGTH_MAX", "REC_TYPE_CHECKPOINT",
-    "REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST", "REC_TYPE_END", "REC_TYPE_HVM_CONTEXT",
-    "REC_TYPE_HVM_PARAMS", "REC_TYPE_OPTIONAL", "REC_TYPE_PAGE_DATA", "REC_TYPE_SHARED_INFO",
-    "REC_TYPE_STATIC_DATA_END", "REC_TYPE_TOOLSTACK", "REC_TYPE_VERIFY",
-    "REC_TYPE_X86_CPUID_POLICY", "REC_TYPE_X86_MSR_POLICY", "REC_TYPE_X86_PV_INFO",
-    "REC_TYPE_X86_PV_P2M_FRAMES", "REC_TYPE_X86_PV_VCPU_BASIC", "REC_TYPE_X86_PV_VCPU_EXTENDED",
-    "REC_TYPE_X86_PV_VCPU_MSRS", "REC_TYPE_X86_PV_VCPU_XSAVE", "REC_TYPE_X86_TSC_INFO", "RH",
-    "Report", "SHARED_INFO_SIZE", "TSC_MODE_NAMES", "T_BAD", "T_DATA", "T_HIGH", "T_LOW",
-    "V3_ONLY", "VCPU_BASIC_SIZE", "VCPU_EXTENDED_MAX", "VCPU_MSR_ENTRY", "VCPU_RECORDS",
-    "VCPU_XSAVE_MIN", "X86_PV_INFO", "X86_PV_P2M_FRAMES_HDR", "X86_PV_VCPU_HDR", "X86_TSC_INFO",
-    "p2m_frames_length", "record_name", "scan_pfns",
+    "DHDR_TYPE_X86_PV", "DHDR_TYPE_X86_PVH", "GUEST_HVM", "GUEST_PV", "HVM_NR_PARAMS", "HVM_ONLY",
+    "HVM_PARAMS_ENTRY", "HVM_PARAMS_HDR", "HVM_PARAM_NAMES", "HVM_PARAM_PAE_ENABLED", "HvmRecords",
+    "IHDR", "IHDR_ID", "IHDR_MARKER", "IHDR_OPT_BE", "IHDR_OPT_BIT_ENDIAN", "IHDR_OPT_RESERVED",
+    "IHDR_VERSIONS", "KNOWN_PAGE_TYPES", "LibxcChecker", "LibxcState", "MAX_BATCH_SIZE",
+    "MSR_ENTRY", "NATIVE", "NO_BODY", "NO_DATA_PAGE_TYPES", "PAGE_DATA_HDR", "PAGE_DATA_PFN_MASK",
+    "PAGE_DATA_PFN_RESZ_MASK", "PAGE_DATA_TYPE_SHIFT", "PAGE_SHIFT", "PAGE_SIZE",
+    "PAGE_TYPE_NAMES", "PT_BROKEN", "PT_L1TAB", "PT_L2TAB", "PT_L3TAB", "PT_L4TAB", "PT_LPINTAB",
+    "PT_NOTAB", "PT_XALLOC", "PT_XTAB", "PV_ONLY", "PageDataRecords", "PfnScan", "PvRecords",
+    "REC_ALIGN", "REC_LENGTH_MAX", "REC_TYPE_CHECKPOINT", "REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST",
+    "REC_TYPE_END", "REC_TYPE_HVM_CONTEXT", "REC_TYPE_HVM_PARAMS", "REC_TYPE_OPTIONAL",
+    "REC_TYPE_PAGE_DATA", "REC_TYPE_SHARED_INFO", "REC_TYPE_STATIC_DATA_END", "REC_TYPE_TOOLSTACK",
+    "REC_TYPE_VERIFY", "REC_TYPE_X86_CPUID_POLICY", "REC_TYPE_X86_MSR_POLICY",
+    "REC_TYPE_X86_PV_INFO", "REC_TYPE_X86_PV_P2M_FRAMES", "REC_TYPE_X86_PV_VCPU_BASIC",
+    "REC_TYPE_X86_PV_VCPU_EXTENDED", "REC_TYPE_X86_PV_VCPU_MSRS", "REC_TYPE_X86_PV_VCPU_XSAVE",
+    "REC_TYPE_X86_TSC_INFO", "RH", "RecordFamily", "Report", "SHARED_INFO_SIZE", "TSC_MODE_NAMES",
+    "T_BAD", "T_DATA", "T_HIGH", "T_LOW", "V3_ONLY", "VCPU_BASIC_SIZE", "VCPU_EXTENDED_MAX",
+    "VCPU_MSR_ENTRY", "VCPU_RECORDS", "VCPU_XSAVE_MIN", "X86_PV_INFO", "X86_PV_P2M_FRAMES_HDR",
+    "X86_PV_VCPU_HDR", "X86_TSC_INFO", "p2m_frames_length", "record_name", "scan_pfns",
 ]
 
 
 class LibxcChecker:
-    """Rules of the libxc layer; one instance per libxc stream."""
+    """Rules of the libxc layer; one instance per libxc stream: the framing,
+    the headers, the order of records and the stream-control records (END,
+    VERIFY, CHECKPOINT, STATIC_DATA_END, and those Xen rejects); the other
+    records go to their family's rules."""
 
     def __init__(self, report: Report, *, nr_vcpus: Optional[int] = None) -> None:
         self.report = report
-        self.s = LibxcState()
-        self.nr_vcpus = nr_vcpus  # from the image's own config, when it has one
+        self.s = s = LibxcState()
         self.notes: List[str] = []
-        self._noted_vcpu = False
-        self._last_vcpu = 0
-        self._noted_xsave = False
-        self._handlers: Dict[int, Callable[[int, Optional[bytes], Callable[[int], bytes]], None]] = {
-            t: getattr(self, "_rec_" + n.lower()) for t, n in RECORD_NAMES.items()}
+        #: the record families, sharing the state and the report callable
+        self.pages = PageDataRecords(s, report)
+        self.pv = PvRecords(s, report, nr_vcpus=nr_vcpus, notes=self.notes)
+        self.hvm = HvmRecords(s, report, nr_vcpus=nr_vcpus)
+        self._page_data = self.pages.rec_page_data  # the hot path, one lookup
+        p, h = self.pv, self.hvm
+        #: record type -> its rules
+        self._handlers: Dict[int, Handler] = {
+            REC_TYPE_END: self._rec_end,
+            REC_TYPE_PAGE_DATA: self._page_data,
+            REC_TYPE_X86_PV_INFO: p.rec_x86_pv_info,
+            REC_TYPE_X86_PV_P2M_FRAMES: p.rec_x86_pv_p2m_frames,
+            REC_TYPE_X86_PV_VCPU_BASIC: p.rec_x86_pv_vcpu_basic,
+            REC_TYPE_X86_PV_VCPU_EXTENDED: p.rec_x86_pv_vcpu_extended,
+            REC_TYPE_X86_PV_VCPU_XSAVE: p.rec_x86_pv_vcpu_xsave,
+            REC_TYPE_SHARED_INFO: p.rec_shared_info,
+            REC_TYPE_X86_TSC_INFO: h.rec_x86_tsc_info,
+            REC_TYPE_HVM_CONTEXT: h.rec_hvm_context,
+            REC_TYPE_HVM_PARAMS: h.rec_hvm_params,
+            REC_TYPE_TOOLSTACK: self._rec_toolstack,
+            REC_TYPE_X86_PV_VCPU_MSRS: p.rec_x86_pv_vcpu_msrs,
+            REC_TYPE_VERIFY: self._rec_verify,
+            REC_TYPE_CHECKPOINT: self._rec_checkpoint,
+            REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST: self._rec_checkpoint_dirty_pfn_list,
+            REC_TYPE_STATIC_DATA_END: self._rec_static_data_end,
+            REC_TYPE_X86_CPUID_POLICY: h.rec_x86_cpuid_policy,
+            REC_TYPE_X86_MSR_POLICY: h.rec_x86_msr_policy,
+        }
 
     # -- headers -------------------------------------------------------------
 
@@ -265,7 +297,7 @@ class LibxcChecker:
         where ``read_prefix(n)`` reads its first ``n`` bytes on demand."""
         s = self.s
         if rtype == REC_TYPE_PAGE_DATA and s.guest == GUEST_HVM:
-            self._rec_page_data(length, body, read_prefix)  # the hot path
+            self._page_data(length, body, read_prefix)  # the hot path
             return
         r = self.report
         base = rtype & ~REC_TYPE_OPTIONAL
@@ -304,338 +336,10 @@ class LibxcChecker:
 
         self._handlers[rtype](length, body, read_prefix)
 
-    # individual records
+    # stream-control records
 
     def _rec_end(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         self.s.ended = True
-
-    def _infer_static_data_end(self) -> None:
-        s = self.s
-        if s.static_data_end:
-            return
-        if s.version >= 3:
-            # the restore stops here ("No STATIC_DATA_END seen"): say it once,
-            # and leave the later records' rules to judge them on their own
-            if not s.static_data_end_missing:
-                s.static_data_end_missing = True
-                self.report(ERROR, "static-data-end-missing", RESTORE, False,
-                            "expected STATIC_DATA_END before the first PAGE_DATA and "
-                            "X86_PV_P2M_FRAMES in a version 3 stream, found none")
-            return
-        s.static_data_end = True
-        s.static_data_end_inferred = True
-
-    def _rec_page_data(self, length: int, body: Optional[bytes],
-                       read_prefix: Callable[[int], bytes]) -> None:
-        s = self.s
-        r = self.report
-        if s.version == 2 or not s.static_data_end:
-            self._infer_static_data_end()
-        if s.guest == GUEST_PV and not s.seen_p2m:
-            r(ERROR, "page-data-before-p2m", RESTORE, False,
-              "expected X86_PV_P2M_FRAMES before the first PAGE_DATA of a PV stream, found none")
-            s.seen_p2m = True  # report once
-        if length < 8:
-            r(ERROR, "page-data-length", RESTORE, False,
-              f"expected a body of at least 8 bytes, found {length}")
-            return
-        count, res1 = _U32X2[s.endian].unpack(read_prefix(8))
-        if res1:
-            r(ERROR, "page-data-reserved", SPEC, True,
-              f"expected reserved field zero, found {res1:#x}")
-        if count == 0:
-            r(ERROR, "page-data-count", RESTORE, False, "expected at least 1 pfn, found count 0")
-            return
-        if length < 8 + 8 * count:
-            r(ERROR, "page-data-length", RESTORE, False,
-              f"expected at least {8 + 8 * count} bytes for {count} pfns, found {length}")
-            return
-        if count > MAX_BATCH_SIZE:
-            r(WARNING, "page-data-batch", SPEC, True,
-              f"{count} pfns in one record; Xen's saver sends at most {MAX_BATCH_SIZE}")
-        raw = read_prefix(8 * count)
-        scan = scan_pfns(raw, s.endian)
-        n_data = scan.n_data
-        if scan.reserved:
-            r(ERROR, "page-data-pfn-reserved", SPEC, True,
-              f"expected pfn bits 52-59 zero, found them set in {scan.reserved} "
-              f"entr{'y' if scan.reserved == 1 else 'ies'}")
-        if scan.bad_types:
-            bad = [f"{e >> PAGE_DATA_TYPE_SHIFT:#x} (pfn {e & PAGE_DATA_PFN_MASK:#x})"
-                   for e in scan.entries() if (e >> PAGE_DATA_TYPE_SHIFT) not in KNOWN_PAGE_TYPES]
-            r(ERROR, "page-data-type", RESTORE, False,
-              f"expected page types 0-4, 9-15, found {', '.join(bad[:4])}"
-              + (f" and {len(bad) - 4} more" if len(bad) > 4 else ""))
-        if s.pfns_max is None or scan.max_pfn > s.pfns_max:
-            s.pfns_max = scan.max_pfn
-        if s.guest == GUEST_PV and s.max_pfn is not None and scan.max_pfn > s.max_pfn:
-            beyond = [p for p in scan.pfns if p > s.max_pfn]
-            r(ERROR, "page-data-pfn-range", RESTORE, False,
-              f"expected pfns <= max_pfn {s.max_pfn:#x} (from X86_PV_P2M_FRAMES), found "
-              f"{', '.join(hex(p) for p in beyond[:4])}"
-              + (f" and {len(beyond) - 4} more" if len(beyond) > 4 else ""))
-        if s.p2m_frame_pfns and not s.p2m_frame_pfns.isdisjoint(scan.pfns):
-            for e in scan.entries():
-                pfn = e & PAGE_DATA_PFN_MASK
-                if pfn in s.p2m_frame_pfns:
-                    s.p2m_frame_types[pfn] = e >> PAGE_DATA_TYPE_SHIFT
-        if not scan.bad_types:
-            want = 8 + 8 * count + PAGE_SIZE * n_data
-            if length != want:
-                r(ERROR, "page-data-length", RESTORE, False,
-                  f"expected {want} bytes ({count} pfns, {n_data} with page data), found {length}")
-        s.pages += n_data
-        s.page_records += 1
-
-    def _rec_x86_pv_info(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        s = self.s
-        r = self.report
-        if s.seen_pv_info:
-            r(ERROR, "pv-info-once", RESTORE, False,
-              "expected X86_PV_INFO once, found a second one")
-        s.seen_pv_info = True
-        assert body is not None
-        if length < 8:
-            r(ERROR, "pv-info-length", RESTORE, False, f"expected 8 bytes, found {length}")
-            return
-        if length != 8:
-            r(ERROR, "pv-info-length", SPEC, True, f"expected 8 bytes, found {length}")
-        f = X86_PV_INFO.unpack(body, s.endian)
-        if (f["guest_width"], f["pt_levels"]) not in ((4, 3), (8, 4)):
-            r(ERROR, "pv-info-width", RESTORE, False,
-              "expected guest_width/pt_levels 8/4 or 4/3, found "
-              f"{f['guest_width']}/{f['pt_levels']}")
-        else:
-            s.width = f["guest_width"]
-            s.pt_levels = f["pt_levels"]
-        if f["_res0"] or f["_res1"]:
-            r(ERROR, "pv-info-reserved", SPEC, True, "expected reserved fields zero, found non-zero")
-
-    def _need_pv_info(self, name: str, *, enforced: bool = True) -> None:
-        """X86_PV_INFO must come first.  Xen checks it for P2M_FRAMES and
-        SHARED_INFO; for vcpu records it does not (a 64-bit domain has the
-        native width already; a 32-bit context then fails on its size)."""
-        if not self.s.seen_pv_info:
-            self.report(ERROR, "pv-info-first", RESTORE if enforced else SPEC, not enforced,
-                        f"expected X86_PV_INFO before {name}, found none")
-
-    def _rec_x86_pv_p2m_frames(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        s = self.s
-        r = self.report
-        self._need_pv_info("X86_PV_P2M_FRAMES")
-        if s.version == 2 or not s.static_data_end:
-            self._infer_static_data_end()
-        s.seen_p2m = True
-        assert body is not None
-        if length < 8:
-            r(ERROR, "p2m-frames-length", RESTORE, False,
-              f"expected at least 8 bytes, found {length}")
-            return
-        f = X86_PV_P2M_FRAMES_HDR.unpack(body, s.endian)
-        start, end = f["start_pfn"], f["end_pfn"]
-        if start > end:
-            r(ERROR, "p2m-frames-range", RESTORE, False,
-              f"expected start_pfn <= end_pfn, found {start:#x} > {end:#x}")
-            return
-        want = p2m_frames_length(start, end, s.width)
-        if length != want:
-            r(ERROR, "p2m-frames-length", RESTORE, False,
-              f"expected {want} bytes for pfns {start:#x}-{end:#x} at guest width {s.width}, "
-              f"found {length}")
-            return
-        if s.max_pfn is None or end > s.max_pfn:
-            s.max_pfn = end
-        n = (length - 8) // 8
-        frames = struct.unpack_from(f"{s.endian}{n}Q", body, 8)
-        s.p2m_frame_pfns.update(frames)
-
-    def _vcpu(self, name: str, length: int, body: Optional[bytes]) -> Optional[int]:
-        """Common VCPU record rules; returns the blob size or None if done."""
-        s = self.s
-        r = self.report
-        self._need_pv_info(name, enforced=False)
-        assert body is not None
-        if length < 8:
-            r(ERROR, "vcpu-length", RESTORE, False, f"expected at least 8 bytes, found {length}")
-            return None
-        h = X86_PV_VCPU_HDR.unpack(body, s.endian)
-        if h["_res1"]:
-            r(ERROR, "vcpu-reserved", SPEC, True,
-              f"expected reserved field zero, found {h['_res1']:#x}")
-        blob = length - 8
-        if blob == 0:
-            r(WARNING, "errata-zero-content", SPEC, True,
-              f"{name} for vcpu {h['vcpu_id']} has no content (tolerated: errata for Xen 4.6-4.8 "
-              "senders)")
-            return None
-        vid = h["vcpu_id"]
-        if self.nr_vcpus is not None:
-            if vid >= self.nr_vcpus:
-                r(ERROR, "vcpu-id", RESTORE, False,
-                  f"expected vcpu_id < {self.nr_vcpus} (max_vcpus in the image's config), "
-                  f"found {vid}")
-        elif not self._noted_vcpu:
-            self._noted_vcpu = True
-            self.notes.append("vcpu ids not checked against the restoring domain's vcpu count: "
-                              "the image carries no configuration")
-        self._last_vcpu = vid
-        return blob
-
-    def _rec_x86_pv_vcpu_basic(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_BASIC", length, body)
-        if blob is None:
-            return
-        want = VCPU_BASIC_SIZE[self.s.width]
-        if blob != want:
-            self.report(ERROR, "vcpu-basic-size", RESTORE, False,
-                        f"expected a {want}-byte context for a {self.s.width * 8}-bit guest, "
-                        f"found {blob}")
-            return
-        self.s.vcpu_basic.add(self._last_vcpu)
-
-    def _rec_x86_pv_vcpu_extended(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_EXTENDED", length, body)
-        if blob is None:
-            return
-        assert body is not None
-        if blob > VCPU_EXTENDED_MAX:
-            self.report(ERROR, "vcpu-extended-size", RESTORE, False,
-                        f"expected at most {VCPU_EXTENDED_MAX} bytes of context, found {blob}")
-            return
-        if blob >= 8:
-            vcpu, size = struct.unpack_from(f"{self.s.endian}II", body, 8)
-            if size < 32:
-                self.report(ERROR, "vcpu-extended-embedded-size", RESTORE, False,
-                            f"expected the context's own size field >= 32, found {size}")
-            if vcpu != self._last_vcpu:
-                self.report(ERROR, "vcpu-extended-embedded-vcpu", SPEC, True,
-                            f"expected the context's own vcpu field to be {self._last_vcpu} (the "
-                            f"record's vcpu_id; Xen uses the embedded one), found {vcpu}")
-        else:
-            self.report(ERROR, "vcpu-extended-embedded-size", RESTORE, False,
-                        f"expected at least 8 bytes of context (vcpu, size), found {blob}")
-
-    def _rec_x86_pv_vcpu_xsave(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_XSAVE", length, body)
-        if blob is None:
-            return
-        r = self.report
-        if blob < VCPU_XSAVE_MIN:
-            r(ERROR, "vcpu-xsave-size", RESTORE, False,
-              f"expected at least 16 bytes (xcr0, xcr0_accum), found {blob}")
-            return
-        assert body is not None
-        # XEN_DOMCTL_setvcpuextstate (xen/arch/x86/domctl.c)
-        xcr0, accum = struct.unpack_from(self.s.endian + "QQ", body, 8)
-        if not accum:
-            if xcr0:
-                r(ERROR, "vcpu-xsave-state", RESTORE, False,
-                  f"expected xcr0 0 when xcr0_accum is 0, found {xcr0:#x}")
-            if blob != 16:
-                r(ERROR, "vcpu-xsave-size", RESTORE, False,
-                  f"expected 16 bytes when xcr0_accum is 0, found {blob}")
-            return
-        if blob == 16:
-            return  # "nothing to restore"
-        if blob < 16 + hvm.XSTATE_AREA_MIN_SIZE:
-            r(ERROR, "vcpu-xsave-size", RESTORE, False,
-              f"expected 16 bytes or at least {16 + hvm.XSTATE_AREA_MIN_SIZE} (legacy area and "
-              f"xsave header), found {blob}")
-            return
-        if not hvm.valid_xcr0(xcr0) or not hvm.valid_xcr0(accum) or xcr0 & ~accum:
-            r(ERROR, "vcpu-xsave-state", RESTORE, False,
-              f"expected valid xcr0/xcr0_accum with xcr0 within xcr0_accum, found "
-              f"{xcr0:#x}/{accum:#x}")
-            return
-        xstate_bv, xcomp_bv = struct.unpack_from(self.s.endian + "QQ", body, 8 + 16 + 512)
-        if xstate_bv & ~accum:
-            r(ERROR, "vcpu-xsave-state", RESTORE, False,
-              f"expected xstate_bv within xcr0_accum {accum:#x}, found {xstate_bv:#x}")
-        if xcomp_bv:
-            r(ERROR, "vcpu-xsave-state", RESTORE, False,
-              f"expected an uncompacted XSAVE area (xcomp_bv 0), found xcomp_bv {xcomp_bv:#x}")
-        want = 16 + hvm.xstate_uncompressed_size(accum)
-        if blob != want:
-            r(ERROR, "vcpu-xsave-size", RESTORE, False,
-              f"expected {want} bytes for xcr0_accum {accum:#x}, found {blob}")
-        if not self._noted_xsave:
-            self._noted_xsave = True
-            self.notes.append("PV xsave sizes not checked against the restoring host's "
-                              "xfeature_mask (a property of the host, not of the image)")
-
-    def _rec_x86_pv_vcpu_msrs(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_MSRS", length, body)
-        if blob is None:
-            return
-        assert body is not None
-        if blob % 16:
-            self.report(ERROR, "vcpu-msrs-size", RESTORE, False,
-                        f"expected a multiple of 16 bytes, found {blob}")
-            return
-        for i in range(blob // 16):
-            e = VCPU_MSR_ENTRY.unpack(body, self.s.endian, 8 + 16 * i)
-            if e["_res1"]:
-                self.report(ERROR, "vcpu-msrs-reserved", SPEC, True,
-                            f"expected reserved field of MSR entry {i} zero, found {e['_res1']:#x}")
-                break
-
-    def _rec_shared_info(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self._need_pv_info("SHARED_INFO")
-        if length != SHARED_INFO_SIZE:
-            self.report(ERROR, "shared-info-length", RESTORE, False,
-                        f"expected 4096 bytes, found {length}")
-
-    def _rec_x86_tsc_info(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        r = self.report
-        if length != X86_TSC_INFO.size:
-            r(ERROR, "tsc-info-length", RESTORE, False, f"expected 24 bytes, found {length}")
-            return
-        assert body is not None
-        f = X86_TSC_INFO.unpack(body, self.s.endian)
-        if f["mode"] == 3:
-            r(ERROR, "tsc-mode-pvrdtscp", RESTORE, False,
-              "expected TSC mode 0-2, found 3 (PVRDTSCP): Xen >= 4.12 refuses it")
-        elif f["mode"] > 3:
-            r(ERROR, "tsc-mode", RESTORE, False, f"expected TSC mode 0-2, found {f['mode']}")
-        if f["_res1"]:
-            r(ERROR, "tsc-info-reserved", SPEC, True,
-              f"expected reserved field zero, found {f['_res1']:#x}")
-
-    def _rec_hvm_context(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        r = self.report
-        if length == 0:
-            r(ERROR, "hvm-context-empty", RESTORE, False, "expected an HVM context, found 0 bytes")
-            return
-        assert body is not None
-        self.s.hvm_context = True
-        for p in hvm.check_context(body, nr_vcpus=self.nr_vcpus):
-            r(p.severity, p.rule, p.authority, p.tolerated,
-              f"HVM context entry at blob offset {p.offset:#x}: {p.message}")
-        self.s.hvm_vcpus = hvm.cpu_instances(body)
-
-    def _rec_hvm_params(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        r = self.report
-        assert body is not None
-        if length < 8:
-            r(ERROR, "hvm-params-length", RESTORE, False, f"expected at least 8 bytes, found {length}")
-            return
-        h = HVM_PARAMS_HDR.unpack(body, self.s.endian)
-        if h["_res1"]:
-            r(ERROR, "hvm-params-reserved", SPEC, True,
-              f"expected reserved field zero, found {h['_res1']:#x}")
-        if length != 8 + 16 * h["count"]:
-            r(ERROR, "hvm-params-length", RESTORE, False,
-              f"expected {8 + 16 * h['count']} bytes for {h['count']} params, found {length}")
-            return
-        if h["count"] == 0:
-            r(WARNING, "errata-zero-content", SPEC, True,
-              "HVM_PARAMS with no params (tolerated: errata for Xen 4.6-4.8 senders)")
-            return
-        for i in range(h["count"]):
-            e = HVM_PARAMS_ENTRY.unpack(body, self.s.endian, 8 + 16 * i)
-            if e["index"] >= HVM_NR_PARAMS:
-                r(ERROR, "hvm-params-index", RESTORE, False,
-                  f"expected param index < {HVM_NR_PARAMS}, found {e['index']}")
 
     def _rec_toolstack(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         self.report(ERROR, "toolstack-record", RESTORE, False,
@@ -661,30 +365,6 @@ class LibxcChecker:
                         f"expected one STATIC_DATA_END, found a second{how}")
         s.static_data_end = True
 
-    def _policy(self, name: str, length: int, unit: int) -> None:
-        s = self.s
-        r = self.report
-        if length == 0 or length % unit:
-            r(ERROR, "policy-length", RESTORE, False,
-              f"expected a non-zero multiple of {unit} bytes, found {length}")
-        if s.static_data_end:
-            r(ERROR, "policy-after-static-data-end", SPEC, True,
-              f"expected {name} before STATIC_DATA_END, found after it: Xen's restore accepts "
-              "it but never applies it")
-
-    def _rec_x86_cpuid_policy(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self._policy("X86_CPUID_POLICY", length, CPUID_LEAF.size)
-
-    def _rec_x86_msr_policy(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self._policy("X86_MSR_POLICY", length, MSR_ENTRY.size)
-        if body and length % 16 == 0:
-            for i in range(length // 16):
-                e = MSR_ENTRY.unpack(body, self.s.endian, 16 * i)
-                if e["flags"]:
-                    self.report(ERROR, "msr-policy-flags", SPEC, True,
-                                f"expected flags of MSR entry {i} zero, found {e['flags']:#x}")
-                    break
-
     # -- end of stream -----------------------------------------------------------
 
     def finish(self) -> None:
@@ -692,30 +372,9 @@ class LibxcChecker:
         s = self.s
         r = self.report
         if s.guest == GUEST_PV:
-            if not s.seen_pv_info:
-                r(ERROR, "pv-info-missing", RESTORE, False,
-                  "expected an X86_PV_INFO record in a PV stream, found none")
-            if not s.seen_p2m:
-                r(ERROR, "p2m-frames-missing", RESTORE, False,
-                  "expected an X86_PV_P2M_FRAMES record in a PV stream, found none")
-            if 0 not in s.vcpu_basic:
-                r(ERROR, "vcpu0-missing", RESTORE, False,
-                  "expected X86_PV_VCPU_BASIC for vcpu 0, found none (\"Sender didn't send "
-                  "vcpu0's basic state\")")
-            if s.max_pfn is not None:
-                bad = sorted(p for p in s.p2m_frame_pfns if p > s.max_pfn)
-                if bad:
-                    r(ERROR, "p2m-frame-range", RESTORE, False,
-                      f"expected p2m frame pfns <= max_pfn {s.max_pfn:#x}, found "
-                      f"{', '.join(hex(p) for p in bad[:4])}")
-                wrong = sorted(p for p, t in s.p2m_frame_types.items() if t != PT_NOTAB)
-                if wrong:
-                    r(ERROR, "p2m-frame-type", RESTORE, False,
-                      f"expected p2m frame pages of type NOTAB, found pfn {wrong[0]:#x} of type "
-                      f"{PAGE_TYPE_NAMES.get(s.p2m_frame_types[wrong[0]], '?')}")
-        elif s.guest == GUEST_HVM and not s.hvm_context:
-            r(ERROR, "hvm-context-missing", RESTORE, False,
-              "expected an HVM_CONTEXT record in an HVM stream, found none")
+            self.pv.finish()
+        elif s.guest == GUEST_HVM:
+            self.hvm.finish()
         if s.version >= 3 and not s.static_data_end and not s.static_data_end_missing:
             r(ERROR, "static-data-end-missing", RESTORE, False,
               "expected a STATIC_DATA_END record in a version 3 stream, found none")
