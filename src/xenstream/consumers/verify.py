@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from xenstream.consumers.verify_context import FindingContext
+from xenstream.consumers.verify_legacy import record_key as legacy_record_key
+from xenstream.consumers.verify_legacy import record_name as legacy_record_name
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.formats import libxc, libxl
@@ -88,29 +91,6 @@ class Result:
         }
 
 
-class _Ctx:
-    """What a finding is about right now: an item of the parser, or explicit
-    values (``item`` None).  Kept cheap: nothing is formatted until a finding
-    is reported."""
-
-    def __init__(self) -> None:
-        self.item: Any = None
-        self.offset = 0
-        self.layer = ""
-        self.what = "header"
-        self.index: Optional[int] = None
-        self.rtype: Optional[str] = None
-
-    def set(self, offset: int, what: str, layer: Optional[str] = None) -> None:
-        self.item = None
-        self.index = None
-        self.rtype = None
-        self.offset = offset
-        self.what = what
-        if layer is not None:
-            self.layer = layer
-
-
 class Verifier:
     def __init__(self, src: Source, *, format: Optional[str] = None, lenient: bool = False,
                  check_trailing: bool = True, reject_legacy: bool = False,
@@ -125,7 +105,7 @@ class Verifier:
         self.check_trailing = check_trailing
         self.on_item = on_item
         self.result = Result(src.name)
-        self.ctx = _Ctx()
+        self.ctx = FindingContext()
         self.xl: Optional[XlChecker] = None
         self.libxl: Optional[LibxlChecker] = None
         self.libxc: Optional[LibxcChecker] = None
@@ -443,7 +423,7 @@ class Verifier:
             self.counts[("legacy", 1 << 16)] += len(item.batches)
         elif isinstance(item, (LBatch, LChunk, LQemu, LHeader)):
             self.records += 1
-            self.counts[("legacy", _legacy_key(item))] += 1
+            self.counts[("legacy", legacy_record_key(item))] += 1
             if isinstance(item, LHeader) and self.parser.legacy_parser is not None:
                 # plain page batches are checked in bulk, their data skipped
                 self.parser.legacy_parser.bulk = self.src.seekable
@@ -567,24 +547,10 @@ class Verifier:
             "complete": n if st.checkpoints else 0,
         }
         names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name,
-                 "xenopsd": xenopsd_mod.frame_name, "legacy": _legacy_name}
+                 "xenopsd": xenopsd_mod.frame_name, "legacy": legacy_record_name}
         s["record_counts"] = dict(sorted(
             (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in self.counts.items()))
         return s
-
-
-def _legacy_key(item: Any) -> int:
-    if isinstance(item, LChunk):
-        return int(item.cid)
-    return (1 if isinstance(item, LBatch) else 2 if isinstance(item, LQemu) else 3) << 16
-
-
-def _legacy_name(key: int) -> str:
-    from xenstream.formats import legacy as lg
-
-    if key < 0:
-        return f"CHUNK_{lg.CHUNK_NAMES.get(key, str(key))}"
-    return {1: "PAGE_BATCH", 2: "QEMU_RECORD", 3: "HEADER"}.get(key >> 16, str(key))
 
 
 def verify(src: Source, **kw: Any) -> Result:
