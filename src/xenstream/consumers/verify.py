@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from xenstream.consumers.verify_context import FindingContext
+from xenstream.consumers.verify_envelope import EnvelopeVerification
 from xenstream.consumers.verify_legacy import record_key as legacy_record_key
 from xenstream.consumers.verify_legacy import record_name as legacy_record_name
 from xenstream.errors import FormatError, TruncatedError
@@ -19,12 +20,8 @@ from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.formats import libxc, libxl
 from xenstream.formats import xenopsd as xenopsd_mod
 from xenstream.formats.legacy import LBatch, LBatchRun, LChunk, LegacyChecker, LHeader, LQemu
-from xenstream.formats.libvirt import LibvirtChecker
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
-from xenstream.formats.xend import XendChecker
-from xenstream.formats.xenopsd import XenopsdChecker
-from xenstream.formats.xl import XlChecker
 from xenstream.io import Source
 from xenstream.reading.parser import (
     LAYER_LIBXC,
@@ -106,7 +103,8 @@ class Verifier:
         self.on_item = on_item
         self.result = Result(src.name)
         self.ctx = FindingContext()
-        self.xl: Optional[XlChecker] = None
+        #: the envelopes' checkers
+        self.envelope = EnvelopeVerification(self.report, self.ctx)
         self.libxl: Optional[LibxlChecker] = None
         self.libxc: Optional[LibxcChecker] = None
         self.counts: Counter[Tuple[str, int]] = Counter()
@@ -116,9 +114,6 @@ class Verifier:
         self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
         self.legacy: Optional[Legacy] = None
         self.reported_colo_pv = False
-        self.libvirt: Optional[LibvirtChecker] = None
-        self.xend: Optional[XendChecker] = None
-        self.xenopsd: Optional[XenopsdChecker] = None
 
     # -- reporting ---------------------------------------------------------------
 
@@ -165,12 +160,11 @@ class Verifier:
                 elif isinstance(item, Header):
                     self._header(item)
                 elif isinstance(item, XlConfig):
-                    assert self.xl is not None
-                    self.xl.optional_data(item.optional_data_len, item.config_len, item.config)
+                    self.envelope.xl_config(item)
                 elif isinstance(item, Frame):
                     self._frame(item)
                 elif isinstance(item, EnvelopeData):
-                    self._envelope_data(item)
+                    self.envelope.data(item)
                 elif isinstance(item, Legacy):
                     self._legacy(item)
                 elif isinstance(item, Mismatch):
@@ -200,48 +194,24 @@ class Verifier:
     # -- items -----------------------------------------------------------------------
 
     def _header(self, h: Header) -> None:
-        if h.kind == "libvirt header":
-            self.libvirt = LibvirtChecker(self.report)
-            self.libvirt.header(h.fields)
-        elif h.kind == "xend header":
-            self.xend = XendChecker(self.report)
-            self.xend.header(h.fields["config_len"])
-        elif h.kind in ("xenopsd signature", "xenopsd legacy signature"):
-            self.xenopsd = XenopsdChecker(self.report)
-            self.xenopsd.info.legacy = h.kind == "xenopsd legacy signature"
-        elif h.kind == "xl header":
-            self.xl = XlChecker(self.report)
-            from xenstream.formats import xl as xlmod
-            raw_bo = h.fields["byteorder"]
-            self.xl.header(h.endian if raw_bo == xlmod.BYTEORDER else None, h.fields)
-        elif h.kind == "libxl header":
-            if self.libvirt is not None:
-                self._libvirt_payload("libxl")
+        env = self.envelope
+        if env.header(h):
+            return
+        if h.kind == "libxl header":
+            env.payload("libxl")
             self.libxl = LibxlChecker(self.report)
             self.libxl.header(h.fields)
         elif h.kind == "libxc image header":
-            nr = (self.xl.info.max_vcpus() if self.xl else
-                  self.libvirt.info.vcpus if self.libvirt else None)
-            self.libxc = LibxcChecker(self.report, nr_vcpus=nr)
+            self.libxc = LibxcChecker(self.report, nr_vcpus=env.nr_vcpus())
             self.libxc.image_header(h.fields)
         elif h.kind == "libxc domain header":
             assert self.libxc is not None
             self.libxc.domain_header(h.fields)
             self._cross_check_guest()
 
-    def _config_guest(self) -> Optional[Tuple[str, str]]:
-        """(guest type, where it comes from) as the image's own configuration says."""
-        if self.xl is not None and self.xl.info.guest_type():
-            return self.xl.info.guest_type() or "", "the xl config"
-        if self.libvirt is not None and self.libvirt.info.domain_type:
-            return self.libvirt.info.domain_type, "the libvirt XML"
-        if self.xend is not None and self.xend.info.guest:
-            return self.xend.info.guest, "the xend config"
-        return None
-
     def _cross_check_guest(self) -> None:
         assert self.libxc is not None
-        cfg = self._config_guest()
+        cfg = self.envelope.config_guest()
         got = self.libxc.s.guest
         if cfg is None or got is None:
             return
@@ -252,19 +222,10 @@ class Verifier:
                         f"{cfg[0]!r}), found x86 {got.upper()}: libxc restores into a domain "
                         "built from the config and refuses the other type")
 
-    def _envelope_data(self, item: EnvelopeData) -> None:
-        if item.layer == "libvirt" and self.libvirt is not None:
-            self.libvirt.xml(item.data)
-        elif item.layer == "xend" and self.xend is not None:
-            self.xend.config(item.data)
-
     def _frame(self, f: Frame) -> None:
-        assert self.xenopsd is not None
         self.records += 1
         self.counts[(f.layer, f.ftype)] += 1
-        self.xenopsd.frame(f.ftype, f.length, f.head or b"")
-        if f.ftype == xenopsd_mod.XENOPS:
-            self.xenopsd.metadata(f.head)
+        self.envelope.frame(f)
 
     def _record(self, rec: Record) -> None:
         self.records += 1
@@ -377,19 +338,10 @@ class Verifier:
                         "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
         self.last_libxl = rtype
 
-    def _libvirt_payload(self, kind: str) -> None:
-        """The libvirt version field against the content: about the libvirt header."""
-        assert self.libvirt is not None
-        item = self.ctx.item
-        self.ctx.set(16, "header (libvirt header)", "libvirt")
-        self.libvirt.payload(kind)
-        self.ctx.item = item
-
     def _legacy(self, item: Legacy) -> None:
         self.legacy = item
-        if self.libvirt is not None:
-            self._libvirt_payload("legacy")
-        cfg = self._config_guest()
+        self.envelope.payload("legacy")
+        cfg = self.envelope.config_guest()
         if (cfg is not None and cfg[0] == "pv" and item.guess is not None
                 and item.guess.guest == "hvm" and not item.guess.certain):
             # a PV stream without extended info (pre-3.1) starts like an HVM one:
@@ -469,9 +421,8 @@ class Verifier:
         if self.legacy is not None:
             return
         st = self.parser.state
-        if self.xenopsd is not None and not truncated:
-            self.ctx.set(self.src.pos, "end of stream", "xenopsd")
-            self.xenopsd.finish(complete=self.xenopsd.info.ended)
+        if not truncated:
+            self.envelope.finish(self.src.pos)
         if self.libxc is not None:
             self.ctx.set(self.src.pos, "end of stream", LAYER_LIBXC)
             self.libxc.finish()
@@ -487,19 +438,20 @@ class Verifier:
     def _summary(self) -> Dict[str, Any]:
         st = self.parser.state
         s: Dict[str, Any] = {"records": self.records, "bytes": self.src.pos - self.src.start}
-        if self.libvirt is not None:
-            v = self.libvirt.info
+        env = self.envelope
+        if env.libvirt is not None:
+            v = env.libvirt.info
             s["libvirt"] = {"version": v.version, "xml_len": v.xml_len, "name": v.name,
                             "domain_type": v.domain_type}
-        if self.xend is not None:
-            x = self.xend.info
+        if env.xend is not None:
+            x = env.xend.info
             s["xend"] = {"config_len": x.config_len, "name": x.name, "guest_type": x.guest}
-        if self.xenopsd is not None:
-            o = self.xenopsd.info
+        if env.xenopsd is not None:
+            o = env.xenopsd.info
             s["xenopsd"] = {"format": "legacy" if o.legacy else "v2", "frames": o.frames,
                             "word_size": o.word_size, "time": o.fields.get("time")}
-        if self.xl is not None:
-            i = self.xl.info
+        if env.xl is not None:
+            i = env.xl.info
             s["xl"] = {"streamv2": i.streamv2, "mandatory_flags": i.mandatory_flags,
                        "config": i.config_kind, "endian": "big" if i.endian == ">" else "little"}
         if self.libxl is not None:
