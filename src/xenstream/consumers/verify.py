@@ -13,13 +13,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from xenstream.consumers.verify_context import FindingContext
 from xenstream.consumers.verify_envelope import EnvelopeVerification
-from xenstream.consumers.verify_legacy import record_key as legacy_record_key
+from xenstream.consumers.verify_legacy import LegacyVerification
 from xenstream.consumers.verify_legacy import record_name as legacy_record_name
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.formats import libxc, libxl
 from xenstream.formats import xenopsd as xenopsd_mod
-from xenstream.formats.legacy import LBatch, LBatchRun, LChunk, LegacyChecker, LHeader, LQemu
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
 from xenstream.io import Source
@@ -41,12 +40,6 @@ from xenstream.reading.parser import (
 )
 
 SCHEMA_VERSION = 1
-_LEGACY_WHERE = {
-    "xl": "after the xl header (STREAMv2 flag clear)",
-    "libvirt": "after the libvirt header",
-    "xend": "after the xend header",
-    "xenopsd": "in a XenServer image",
-}
 #: Records after which the bulk PAGE_DATA filter may change.
 _FILTER_TRIGGERS = frozenset({libxc.REC_TYPE_PAGE_DATA, libxc.REC_TYPE_STATIC_DATA_END,
                               libxc.REC_TYPE_X86_PV_P2M_FRAMES, libxc.REC_TYPE_X86_PV_INFO})
@@ -94,10 +87,6 @@ class Verifier:
                  on_item: Optional[Callable[[Item], None]] = None) -> None:
         self.src = src
         self.parser = Parser(src, format=format)
-        #: the drop-in checks v2 streams only: a legacy payload is an error and
-        #: is not read further
-        self.reject_legacy = reject_legacy
-        self.legacy_checker: Optional[LegacyChecker] = None
         self.lenient = lenient
         self.check_trailing = check_trailing
         self.on_item = on_item
@@ -112,7 +101,10 @@ class Verifier:
         self.libxc_done = False  # libxc END seen
         self.last_libxl: Optional[int] = None  # type of the last libxl record
         self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
-        self.legacy: Optional[Legacy] = None
+        #: legacy images; with reject_legacy (the drop-in checks v2 streams only)
+        #: a legacy payload is an error and is not read further
+        self.legacy = LegacyVerification(self.parser, self.envelope, self.report,
+                                         reject=reject_legacy)
         self.reported_colo_pv = False
 
     # -- reporting ---------------------------------------------------------------
@@ -166,11 +158,11 @@ class Verifier:
                 elif isinstance(item, EnvelopeData):
                     self.envelope.data(item)
                 elif isinstance(item, Legacy):
-                    self._legacy(item)
+                    self.legacy.start(item)
                 elif isinstance(item, Mismatch):
                     self.report(ERROR, item.rule, RESTORE, False, item.message)
-                elif self.legacy_checker is not None and item.layer == "legacy":
-                    self._legacy_item(item)
+                elif self.legacy.checker is not None and item.layer == "legacy":
+                    self.legacy.check(item)
                 elif isinstance(item, EndOfInput):
                     self._end_of_input(item)
             self._finish()
@@ -338,49 +330,6 @@ class Verifier:
                         "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
         self.last_libxl = rtype
 
-    def _legacy(self, item: Legacy) -> None:
-        self.legacy = item
-        self.envelope.payload("legacy")
-        cfg = self.envelope.config_guest()
-        if (cfg is not None and cfg[0] == "pv" and item.guess is not None
-                and item.guess.guest == "hvm" and not item.guess.certain):
-            # a PV stream without extended info (pre-3.1) starts like an HVM one:
-            # the configuration decides, as the toolstack did
-            self.parser.legacy_options.guest = "pv"
-            item.guess.guest = "pv"
-        elif cfg is not None and item.guess is not None:
-            want = "pv" if cfg[0] == "pv" else "hvm"
-            if want != item.guess.guest:
-                self.report(ERROR, "guest-type-mismatch", RESTORE, False,
-                            f"expected a legacy {want.upper()} stream ({cfg[1]} says type "
-                            f"{cfg[0]!r}), found a legacy {item.guess.guest.upper()} stream")
-        what = item.guess.describe() if item.guess else "legacy (Xen <= 4.5) stream"
-        where = _LEGACY_WHERE.get(item.container, "")
-        if self.reject_legacy or item.guess is None:
-            self.parser.follow_legacy = False
-            self.report(ERROR, "legacy-stream", RESTORE, False,
-                        f"legacy stream: convert it ({what}{', ' + where if where else ''}); "
-                        "Xen >= 4.6 restores it only through convert-legacy-stream")
-            return
-        self.report(WARNING, "legacy-stream", RESTORE, False,
-                    f"legacy image ({what}{', ' + where if where else ''}): Xen >= 4.6 "
-                    "restores it only after conversion (xenstream convert; libxl runs its "
-                    "converter by itself for xl and libvirt images when one is installed)")
-        self.legacy_checker = LegacyChecker(self.report)
-
-    def _legacy_item(self, item: Any) -> None:
-        assert self.legacy_checker is not None
-        if isinstance(item, LBatchRun):
-            self.records += len(item.batches)
-            self.counts[("legacy", 1 << 16)] += len(item.batches)
-        elif isinstance(item, (LBatch, LChunk, LQemu, LHeader)):
-            self.records += 1
-            self.counts[("legacy", legacy_record_key(item))] += 1
-            if isinstance(item, LHeader) and self.parser.legacy_parser is not None:
-                # plain page batches are checked in bulk, their data skipped
-                self.parser.legacy_parser.bulk = self.src.seekable
-        self.legacy_checker.item(item)
-
     def _complete_checkpoints(self) -> int:
         st = self.parser.state
         if self.libxl is not None:
@@ -418,7 +367,7 @@ class Verifier:
             self.report(ERROR, "truncated", RESTORE, False, e.message + extra)
 
     def _finish(self, truncated: bool = False) -> None:
-        if self.legacy is not None:
+        if self.legacy.stream is not None:
             return
         st = self.parser.state
         if not truncated:
@@ -437,7 +386,9 @@ class Verifier:
 
     def _summary(self) -> Dict[str, Any]:
         st = self.parser.state
-        s: Dict[str, Any] = {"records": self.records, "bytes": self.src.pos - self.src.start}
+        lv = self.legacy
+        s: Dict[str, Any] = {"records": self.records + lv.records,
+                             "bytes": self.src.pos - self.src.start}
         env = self.envelope
         if env.libvirt is not None:
             v = env.libvirt.info
@@ -477,12 +428,12 @@ class Verifier:
             s["page_records"] = cs.page_records
             s["highest_pfn"] = cs.pfns_max
             s["verify_mode"] = cs.verify_mode
-        if self.legacy is not None:
-            g = self.legacy.guess
-            s["legacy"] = {"container": self.legacy.container,
+        if lv.stream is not None:
+            g = lv.stream.guess
+            s["legacy"] = {"container": lv.stream.container,
                            "width": g.width * 8 if g else None,
                            "guest_type": g.guest if g else None}
-            lc = self.legacy_checker
+            lc = lv.checker
             if lc is not None and lc.header is not None:
                 h = lc.header
                 s["legacy"].update({
@@ -500,8 +451,10 @@ class Verifier:
         }
         names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name,
                  "xenopsd": xenopsd_mod.frame_name, "legacy": legacy_record_name}
+        counts = self.counts.copy()
+        counts.update(lv.counts)
         s["record_counts"] = dict(sorted(
-            (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in self.counts.items()))
+            (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in counts.items()))
         return s
 
 
