@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from xenstream.consumers.summary import summarize
 from xenstream.consumers.verify_context import FindingContext
 from xenstream.consumers.verify_envelope import EnvelopeVerification
 from xenstream.consumers.verify_legacy import LegacyVerification
-from xenstream.consumers.verify_legacy import record_name as legacy_record_name
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.formats import libxc, libxl
-from xenstream.formats import xenopsd as xenopsd_mod
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
 from xenstream.io import Source
@@ -177,7 +176,10 @@ class Verifier:
         res.layers = list(self.parser.state.layers)
         res.end_offset = self.src.pos
         res.valid = not res.errors
-        res.summary = self._summary()
+        res.summary = summarize(
+            records=self.records, nbytes=self.src.pos - self.src.start, counts=self.counts,
+            state=self.parser.state, complete_checkpoints=self._complete_checkpoints(),
+            envelope=self.envelope, libxl=self.libxl, libxc=self.libxc, legacy=self.legacy)
         for chk in (self.libxc,):
             if chk is not None:
                 res.notes.extend(chk.notes)
@@ -381,81 +383,6 @@ class Verifier:
             self.report(WARNING, "trailing-data", SPEC, True,
                         f"{self.src.remaining()} bytes after the final END (the restorer never "
                         "reads them)")
-
-    # -- summary -----------------------------------------------------------------------
-
-    def _summary(self) -> Dict[str, Any]:
-        st = self.parser.state
-        lv = self.legacy
-        s: Dict[str, Any] = {"records": self.records + lv.records,
-                             "bytes": self.src.pos - self.src.start}
-        env = self.envelope
-        if env.libvirt is not None:
-            v = env.libvirt.info
-            s["libvirt"] = {"version": v.version, "xml_len": v.xml_len, "name": v.name,
-                            "domain_type": v.domain_type}
-        if env.xend is not None:
-            x = env.xend.info
-            s["xend"] = {"config_len": x.config_len, "name": x.name, "guest_type": x.guest}
-        if env.xenopsd is not None:
-            o = env.xenopsd.info
-            s["xenopsd"] = {"format": "legacy" if o.legacy else "v2", "frames": o.frames,
-                            "word_size": o.word_size, "time": o.fields.get("time")}
-        if env.xl is not None:
-            i = env.xl.info
-            s["xl"] = {"streamv2": i.streamv2, "mandatory_flags": i.mandatory_flags,
-                       "config": i.config_kind, "endian": "big" if i.endian == ">" else "little"}
-        if self.libxl is not None:
-            ls = self.libxl.s
-            s["libxl"] = {"version": 2, "endian": "big" if ls.endian == ">" else "little",
-                          "converted_from_legacy": ls.legacy_converted,
-                          "emulators": sorted(set(ls.emulator_ids)),
-                          "xenstore_keys": ls.xenstore_keys,
-                          "emulator_context_bytes": ls.emulator_context_bytes}
-        if self.libxc is not None:
-            cs = self.libxc.s
-            s["libxc"] = {"version": cs.version, "endian": "big" if cs.endian == ">" else "little",
-                          "xen_version": cs.xen_version,
-                          "converted_from_legacy": cs.converted_from_legacy}
-            s["guest_type"] = cs.guest
-            if cs.guest == "pv":
-                s["guest_width"] = cs.width * 8
-                s["vcpus"] = sorted(cs.vcpu_basic)
-                s["max_pfn"] = cs.max_pfn
-            elif cs.guest == "hvm":
-                s["vcpus"] = sorted(cs.hvm_vcpus)
-            s["pages"] = cs.pages
-            s["page_records"] = cs.page_records
-            s["highest_pfn"] = cs.pfns_max
-            s["verify_mode"] = cs.verify_mode
-        if lv.stream is not None:
-            g = lv.stream.guess
-            s["legacy"] = {"container": lv.stream.container,
-                           "width": g.width * 8 if g else None,
-                           "guest_type": g.guest if g else None}
-            lc = lv.checker
-            if lc is not None and lc.header is not None:
-                h = lc.header
-                s["legacy"].update({
-                    "p2m_size": h.p2m_size, "pages": lc.pages, "batches": lc.batches,
-                    "checkpoints": lc.checkpoints, "verify_mode": lc.verify_mode,
-                    "qemu_record": lc.qemu_kind,
-                    "guest_width": h.guest_width * 8 if h.guest == "pv" else None})
-                s["guest_type"] = h.guest
-                s["pages"] = lc.pages
-        n = self._complete_checkpoints()
-        s["checkpoints"] = {
-            "kind": ("colo" if st.colo else "remus") if st.checkpoints else None,
-            "checkpoint_records": st.checkpoints,
-            "complete": n if st.checkpoints else 0,
-        }
-        names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name,
-                 "xenopsd": xenopsd_mod.frame_name, "legacy": legacy_record_name}
-        counts = self.counts.copy()
-        counts.update(lv.counts)
-        s["record_counts"] = dict(sorted(
-            (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in counts.items()))
-        return s
 
 
 def verify(src: Source, **kw: Any) -> Result:
