@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from xenstream.consumers.summary import summarize
-from xenstream.consumers.verify_context import FindingContext
+from xenstream.consumers.verify_context import Reporter
 from xenstream.consumers.verify_envelope import EnvelopeVerification
 from xenstream.consumers.verify_legacy import LegacyVerification
 from xenstream.errors import FormatError, TruncatedError
@@ -86,11 +86,13 @@ class Verifier:
                  on_item: Optional[Callable[[Item], None]] = None) -> None:
         self.src = src
         self.parser = Parser(src, format=format)
-        self.lenient = lenient
         self.check_trailing = check_trailing
         self.on_item = on_item
         self.result = Result(src.name)
-        self.ctx = FindingContext()
+        #: collects the findings into the result, about what ``ctx`` points at
+        self.reporter = Reporter(self.result.findings, lenient=lenient)
+        self.ctx = self.reporter.ctx
+        self.report = self.reporter.report
         #: the envelopes' checkers
         self.envelope = EnvelopeVerification(self.report, self.ctx)
         self.libxl: Optional[LibxlChecker] = None
@@ -105,32 +107,6 @@ class Verifier:
         self.legacy = LegacyVerification(self.parser, self.envelope, self.report,
                                          reject=reject_legacy)
         self.reported_colo_pv = False
-
-    # -- reporting ---------------------------------------------------------------
-
-    def report(self, severity: str, rule: str, authority: str, tolerated: bool,
-               message: str, *, offset: Optional[int] = None) -> None:
-        if self.lenient and severity == ERROR and tolerated:
-            severity = WARNING
-        c = self.ctx
-        it = c.item
-        index: Optional[int] = None
-        rtype: Optional[str] = None
-        if it is not None:
-            at, layer, what = it.offset, it.layer, it.what
-            if isinstance(it, (Record, Frame)):
-                index, rtype = it.index, it.name
-            elif isinstance(it, PageRun):
-                # about the first record of the run
-                index, rtype = it.first_index, it.name
-                what = f"record #{it.first_index} ({it.name})"
-        else:
-            at, layer, what = c.offset, c.layer, c.what
-            index, rtype = c.index, c.rtype
-        self.result.findings.append(Finding(
-            severity=severity, offset=at if offset is None else offset, layer=layer,
-            what=what, rule=rule, authority=authority, restore_tolerates=tolerated,
-            message=message, record_index=index, record_type=rtype))
 
     # -- main loop ------------------------------------------------------------------
 
