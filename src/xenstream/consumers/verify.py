@@ -177,20 +177,7 @@ class Verifier:
         elif h.kind == "libxc domain header":
             assert self.libxc is not None
             self.libxc.domain_header(h.fields)
-            self._cross_check_guest()
-
-    def _cross_check_guest(self) -> None:
-        assert self.libxc is not None
-        cfg = self.envelope.config_guest()
-        got = self.libxc.s.guest
-        if cfg is None or got is None:
-            return
-        want = "pv" if cfg[0] == "pv" else "hvm"  # PVH is HVM at the libxc level
-        if want != got:
-            self.report(ERROR, "guest-type-mismatch", RESTORE, False,
-                        f"expected an x86 {want.upper()} stream ({cfg[1]} says type "
-                        f"{cfg[0]!r}), found x86 {got.upper()}: libxc restores into a domain "
-                        "built from the config and refuses the other type")
+            env.check_guest(self.libxc.s.guest)
 
     def _frame(self, f: Frame) -> None:
         self.records += 1

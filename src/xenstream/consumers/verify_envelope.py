@@ -4,7 +4,8 @@ xenopsd containers around a libxl/libxc stream (or around a legacy one).
 :class:`EnvelopeVerification` creates each envelope's checker when the parser
 meets its header, hands it the envelope's data (xl config, libvirt XML, xend
 config, xenopsd frames) and tells the rest of the verifier what the image's
-own configuration says: the guest type and the number of vcpus.
+own configuration says: the guest type, checked against the stream's, and
+the number of vcpus.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from xenstream.consumers.verify_context import FindingContext
+from xenstream.findings import ERROR, RESTORE
 from xenstream.formats import xenopsd as xenopsd_mod
 from xenstream.formats import xl as xl_mod
 from xenstream.formats.libvirt import LibvirtChecker
@@ -88,6 +90,19 @@ class EnvelopeVerification:
         if self.xend is not None and self.xend.info.guest:
             return self.xend.info.guest, "the xend config"
         return None
+
+    def check_guest(self, got: Optional[str]) -> None:
+        """The libxc domain header's guest type (``"pv"``, ``"hvm"`` or None)
+        against the configuration's."""
+        cfg = self.config_guest()
+        if cfg is None or got is None:
+            return
+        want = "pv" if cfg[0] == "pv" else "hvm"  # PVH is HVM at the libxc level
+        if want != got:
+            self.report(ERROR, "guest-type-mismatch", RESTORE, False,
+                        f"expected an x86 {want.upper()} stream ({cfg[1]} says type "
+                        f"{cfg[0]!r}), found x86 {got.upper()}: libxc restores into a domain "
+                        "built from the config and refuses the other type")
 
     def nr_vcpus(self) -> Optional[int]:
         """The vcpu count the image's own configuration gives, if any."""
