@@ -4,6 +4,13 @@
 the checker of its layer (:mod:`xenstream.formats.xl`, :mod:`xenstream.formats.libxl`,
 :mod:`xenstream.formats.libxc`, :mod:`xenstream.formats.hvm`), follows checkpoints across
 layers, and returns a :class:`Result` with every finding and a summary.
+
+The :class:`Verifier` keeps the libxl and libxc layers (their records are the
+hot path) and owns its other parts: the envelopes
+(:mod:`~xenstream.consumers.verify_envelope`), legacy images
+(:mod:`~xenstream.consumers.verify_legacy`), the findings and their context
+(:mod:`~xenstream.consumers.verify_context`) and the summary
+(:mod:`~xenstream.consumers.summary`).
 """
 
 from __future__ import annotations
@@ -81,6 +88,9 @@ class Result:
 
 
 class Verifier:
+    """One verification of one image: runs the parser and hands each item to
+    the checker of its layer."""
+
     def __init__(self, src: Source, *, format: Optional[str] = None, lenient: bool = False,
                  check_trailing: bool = True, reject_legacy: bool = False,
                  on_item: Optional[Callable[[Item], None]] = None) -> None:

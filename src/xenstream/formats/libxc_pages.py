@@ -110,11 +110,11 @@ def scan_pfns(raw: bytes, endian: str = "<") -> PfnScan:
 
 
 class PageDataRecords(RecordFamily):
-    """The rules of PAGE_DATA, checked one record at a time (the hot path: some
-    60,000 records per GiB of guest memory)."""
+    """The rules of PAGE_DATA, checked one record at a time: the hot path, up
+    to some 60,000 records per GiB of guest memory in small records."""
 
     def rec_page_data(self, length: int, body: Optional[bytes],
-                       read_prefix: Callable[[int], bytes]) -> None:
+                      read_prefix: Callable[[int], bytes]) -> None:
         s = self.s
         r = self.report
         if s.version == 2 or not s.static_data_end:
