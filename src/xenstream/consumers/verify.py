@@ -4,6 +4,13 @@
 the checker of its layer (:mod:`xenstream.formats.xl`, :mod:`xenstream.formats.libxl`,
 :mod:`xenstream.formats.libxc`, :mod:`xenstream.formats.hvm`), follows checkpoints across
 layers, and returns a :class:`Result` with every finding and a summary.
+
+The :class:`Verifier` keeps the libxl and libxc layers (their records are the
+hot path) and owns its other parts: the envelopes
+(:mod:`~xenstream.consumers.verify_envelope`), legacy images
+(:mod:`~xenstream.consumers.verify_legacy`), the findings and their context
+(:mod:`~xenstream.consumers.verify_context`) and the summary
+(:mod:`~xenstream.consumers.summary`).
 """
 
 from __future__ import annotations
@@ -11,17 +18,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from xenstream.consumers.summary import summarize
+from xenstream.consumers.verify_context import Reporter
+from xenstream.consumers.verify_envelope import EnvelopeVerification
+from xenstream.consumers.verify_legacy import LegacyVerification
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
 from xenstream.formats import libxc, libxl
-from xenstream.formats import xenopsd as xenopsd_mod
-from xenstream.formats.legacy import LBatch, LBatchRun, LChunk, LegacyChecker, LHeader, LQemu
-from xenstream.formats.libvirt import LibvirtChecker
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
-from xenstream.formats.xend import XendChecker
-from xenstream.formats.xenopsd import XenopsdChecker
-from xenstream.formats.xl import XlChecker
 from xenstream.io import Source
 from xenstream.reading.parser import (
     LAYER_LIBXC,
@@ -41,12 +46,6 @@ from xenstream.reading.parser import (
 )
 
 SCHEMA_VERSION = 1
-_LEGACY_WHERE = {
-    "xl": "after the xl header (STREAMv2 flag clear)",
-    "libvirt": "after the libvirt header",
-    "xend": "after the xend header",
-    "xenopsd": "in a XenServer image",
-}
 #: Records after which the bulk PAGE_DATA filter may change.
 _FILTER_TRIGGERS = frozenset({libxc.REC_TYPE_PAGE_DATA, libxc.REC_TYPE_STATIC_DATA_END,
                               libxc.REC_TYPE_X86_PV_P2M_FRAMES, libxc.REC_TYPE_X86_PV_INFO})
@@ -88,45 +87,24 @@ class Result:
         }
 
 
-class _Ctx:
-    """What a finding is about right now: an item of the parser, or explicit
-    values (``item`` None).  Kept cheap: nothing is formatted until a finding
-    is reported."""
-
-    def __init__(self) -> None:
-        self.item: Any = None
-        self.offset = 0
-        self.layer = ""
-        self.what = "header"
-        self.index: Optional[int] = None
-        self.rtype: Optional[str] = None
-
-    def set(self, offset: int, what: str, layer: Optional[str] = None) -> None:
-        self.item = None
-        self.index = None
-        self.rtype = None
-        self.offset = offset
-        self.what = what
-        if layer is not None:
-            self.layer = layer
-
-
 class Verifier:
+    """One verification of one image: runs the parser and hands each item to
+    the checker of its layer."""
+
     def __init__(self, src: Source, *, format: Optional[str] = None, lenient: bool = False,
                  check_trailing: bool = True, reject_legacy: bool = False,
                  on_item: Optional[Callable[[Item], None]] = None) -> None:
         self.src = src
         self.parser = Parser(src, format=format)
-        #: the drop-in checks v2 streams only: a legacy payload is an error and
-        #: is not read further
-        self.reject_legacy = reject_legacy
-        self.legacy_checker: Optional[LegacyChecker] = None
-        self.lenient = lenient
         self.check_trailing = check_trailing
         self.on_item = on_item
         self.result = Result(src.name)
-        self.ctx = _Ctx()
-        self.xl: Optional[XlChecker] = None
+        #: collects the findings into the result, about what ``ctx`` points at
+        self.reporter = Reporter(self.result.findings, lenient=lenient)
+        self.ctx = self.reporter.ctx
+        self.report = self.reporter.report
+        #: the envelopes' checkers
+        self.envelope = EnvelopeVerification(self.report, self.ctx)
         self.libxl: Optional[LibxlChecker] = None
         self.libxc: Optional[LibxcChecker] = None
         self.counts: Counter[Tuple[str, int]] = Counter()
@@ -134,37 +112,11 @@ class Verifier:
         self.libxc_done = False  # libxc END seen
         self.last_libxl: Optional[int] = None  # type of the last libxl record
         self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
-        self.legacy: Optional[Legacy] = None
+        #: legacy images; with reject_legacy (the drop-in checks v2 streams only)
+        #: a legacy payload is an error and is not read further
+        self.legacy = LegacyVerification(self.parser, self.envelope, self.report,
+                                         reject=reject_legacy)
         self.reported_colo_pv = False
-        self.libvirt: Optional[LibvirtChecker] = None
-        self.xend: Optional[XendChecker] = None
-        self.xenopsd: Optional[XenopsdChecker] = None
-
-    # -- reporting ---------------------------------------------------------------
-
-    def report(self, severity: str, rule: str, authority: str, tolerated: bool,
-               message: str, *, offset: Optional[int] = None) -> None:
-        if self.lenient and severity == ERROR and tolerated:
-            severity = WARNING
-        c = self.ctx
-        it = c.item
-        index: Optional[int] = None
-        rtype: Optional[str] = None
-        if it is not None:
-            at, layer, what = it.offset, it.layer, it.what
-            if isinstance(it, (Record, Frame)):
-                index, rtype = it.index, it.name
-            elif isinstance(it, PageRun):
-                # about the first record of the run
-                index, rtype = it.first_index, it.name
-                what = f"record #{it.first_index} ({it.name})"
-        else:
-            at, layer, what = c.offset, c.layer, c.what
-            index, rtype = c.index, c.rtype
-        self.result.findings.append(Finding(
-            severity=severity, offset=at if offset is None else offset, layer=layer,
-            what=what, rule=rule, authority=authority, restore_tolerates=tolerated,
-            message=message, record_index=index, record_type=rtype))
 
     # -- main loop ------------------------------------------------------------------
 
@@ -185,18 +137,17 @@ class Verifier:
                 elif isinstance(item, Header):
                     self._header(item)
                 elif isinstance(item, XlConfig):
-                    assert self.xl is not None
-                    self.xl.optional_data(item.optional_data_len, item.config_len, item.config)
+                    self.envelope.xl_config(item)
                 elif isinstance(item, Frame):
                     self._frame(item)
                 elif isinstance(item, EnvelopeData):
-                    self._envelope_data(item)
+                    self.envelope.data(item)
                 elif isinstance(item, Legacy):
-                    self._legacy(item)
+                    self.legacy.start(item)
                 elif isinstance(item, Mismatch):
                     self.report(ERROR, item.rule, RESTORE, False, item.message)
-                elif self.legacy_checker is not None and item.layer == "legacy":
-                    self._legacy_item(item)
+                elif self.legacy.checker is not None and item.layer == "legacy":
+                    self.legacy.check(item)
                 elif isinstance(item, EndOfInput):
                     self._end_of_input(item)
             self._finish()
@@ -211,7 +162,10 @@ class Verifier:
         res.layers = list(self.parser.state.layers)
         res.end_offset = self.src.pos
         res.valid = not res.errors
-        res.summary = self._summary()
+        res.summary = summarize(
+            records=self.records, nbytes=self.src.pos - self.src.start, counts=self.counts,
+            state=self.parser.state, complete_checkpoints=self._complete_checkpoints(),
+            envelope=self.envelope, libxl=self.libxl, libxc=self.libxc, legacy=self.legacy)
         for chk in (self.libxc,):
             if chk is not None:
                 res.notes.extend(chk.notes)
@@ -220,71 +174,25 @@ class Verifier:
     # -- items -----------------------------------------------------------------------
 
     def _header(self, h: Header) -> None:
-        if h.kind == "libvirt header":
-            self.libvirt = LibvirtChecker(self.report)
-            self.libvirt.header(h.fields)
-        elif h.kind == "xend header":
-            self.xend = XendChecker(self.report)
-            self.xend.header(h.fields["config_len"])
-        elif h.kind in ("xenopsd signature", "xenopsd legacy signature"):
-            self.xenopsd = XenopsdChecker(self.report)
-            self.xenopsd.info.legacy = h.kind == "xenopsd legacy signature"
-        elif h.kind == "xl header":
-            self.xl = XlChecker(self.report)
-            from xenstream.formats import xl as xlmod
-            raw_bo = h.fields["byteorder"]
-            self.xl.header(h.endian if raw_bo == xlmod.BYTEORDER else None, h.fields)
-        elif h.kind == "libxl header":
-            if self.libvirt is not None:
-                self._libvirt_payload("libxl")
+        env = self.envelope
+        if env.header(h):
+            return
+        if h.kind == "libxl header":
+            env.payload("libxl")
             self.libxl = LibxlChecker(self.report)
             self.libxl.header(h.fields)
         elif h.kind == "libxc image header":
-            nr = (self.xl.info.max_vcpus() if self.xl else
-                  self.libvirt.info.vcpus if self.libvirt else None)
-            self.libxc = LibxcChecker(self.report, nr_vcpus=nr)
+            self.libxc = LibxcChecker(self.report, nr_vcpus=env.nr_vcpus())
             self.libxc.image_header(h.fields)
         elif h.kind == "libxc domain header":
             assert self.libxc is not None
             self.libxc.domain_header(h.fields)
-            self._cross_check_guest()
-
-    def _config_guest(self) -> Optional[Tuple[str, str]]:
-        """(guest type, where it comes from) as the image's own configuration says."""
-        if self.xl is not None and self.xl.info.guest_type():
-            return self.xl.info.guest_type() or "", "the xl config"
-        if self.libvirt is not None and self.libvirt.info.domain_type:
-            return self.libvirt.info.domain_type, "the libvirt XML"
-        if self.xend is not None and self.xend.info.guest:
-            return self.xend.info.guest, "the xend config"
-        return None
-
-    def _cross_check_guest(self) -> None:
-        assert self.libxc is not None
-        cfg = self._config_guest()
-        got = self.libxc.s.guest
-        if cfg is None or got is None:
-            return
-        want = "pv" if cfg[0] == "pv" else "hvm"  # PVH is HVM at the libxc level
-        if want != got:
-            self.report(ERROR, "guest-type-mismatch", RESTORE, False,
-                        f"expected an x86 {want.upper()} stream ({cfg[1]} says type "
-                        f"{cfg[0]!r}), found x86 {got.upper()}: libxc restores into a domain "
-                        "built from the config and refuses the other type")
-
-    def _envelope_data(self, item: EnvelopeData) -> None:
-        if item.layer == "libvirt" and self.libvirt is not None:
-            self.libvirt.xml(item.data)
-        elif item.layer == "xend" and self.xend is not None:
-            self.xend.config(item.data)
+            env.check_guest(self.libxc.s.guest)
 
     def _frame(self, f: Frame) -> None:
-        assert self.xenopsd is not None
         self.records += 1
         self.counts[(f.layer, f.ftype)] += 1
-        self.xenopsd.frame(f.ftype, f.length, f.head or b"")
-        if f.ftype == xenopsd_mod.XENOPS:
-            self.xenopsd.metadata(f.head)
+        self.envelope.frame(f)
 
     def _record(self, rec: Record) -> None:
         self.records += 1
@@ -397,58 +305,6 @@ class Verifier:
                         "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
         self.last_libxl = rtype
 
-    def _libvirt_payload(self, kind: str) -> None:
-        """The libvirt version field against the content: about the libvirt header."""
-        assert self.libvirt is not None
-        item = self.ctx.item
-        self.ctx.set(16, "header (libvirt header)", "libvirt")
-        self.libvirt.payload(kind)
-        self.ctx.item = item
-
-    def _legacy(self, item: Legacy) -> None:
-        self.legacy = item
-        if self.libvirt is not None:
-            self._libvirt_payload("legacy")
-        cfg = self._config_guest()
-        if (cfg is not None and cfg[0] == "pv" and item.guess is not None
-                and item.guess.guest == "hvm" and not item.guess.certain):
-            # a PV stream without extended info (pre-3.1) starts like an HVM one:
-            # the configuration decides, as the toolstack did
-            self.parser.legacy_options.guest = "pv"
-            item.guess.guest = "pv"
-        elif cfg is not None and item.guess is not None:
-            want = "pv" if cfg[0] == "pv" else "hvm"
-            if want != item.guess.guest:
-                self.report(ERROR, "guest-type-mismatch", RESTORE, False,
-                            f"expected a legacy {want.upper()} stream ({cfg[1]} says type "
-                            f"{cfg[0]!r}), found a legacy {item.guess.guest.upper()} stream")
-        what = item.guess.describe() if item.guess else "legacy (Xen <= 4.5) stream"
-        where = _LEGACY_WHERE.get(item.container, "")
-        if self.reject_legacy or item.guess is None:
-            self.parser.follow_legacy = False
-            self.report(ERROR, "legacy-stream", RESTORE, False,
-                        f"legacy stream: convert it ({what}{', ' + where if where else ''}); "
-                        "Xen >= 4.6 restores it only through convert-legacy-stream")
-            return
-        self.report(WARNING, "legacy-stream", RESTORE, False,
-                    f"legacy image ({what}{', ' + where if where else ''}): Xen >= 4.6 "
-                    "restores it only after conversion (xenstream convert; libxl runs its "
-                    "converter by itself for xl and libvirt images when one is installed)")
-        self.legacy_checker = LegacyChecker(self.report)
-
-    def _legacy_item(self, item: Any) -> None:
-        assert self.legacy_checker is not None
-        if isinstance(item, LBatchRun):
-            self.records += len(item.batches)
-            self.counts[("legacy", 1 << 16)] += len(item.batches)
-        elif isinstance(item, (LBatch, LChunk, LQemu, LHeader)):
-            self.records += 1
-            self.counts[("legacy", _legacy_key(item))] += 1
-            if isinstance(item, LHeader) and self.parser.legacy_parser is not None:
-                # plain page batches are checked in bulk, their data skipped
-                self.parser.legacy_parser.bulk = self.src.seekable
-        self.legacy_checker.item(item)
-
     def _complete_checkpoints(self) -> int:
         st = self.parser.state
         if self.libxl is not None:
@@ -486,12 +342,11 @@ class Verifier:
             self.report(ERROR, "truncated", RESTORE, False, e.message + extra)
 
     def _finish(self, truncated: bool = False) -> None:
-        if self.legacy is not None:
+        if self.legacy.stream is not None:
             return
         st = self.parser.state
-        if self.xenopsd is not None and not truncated:
-            self.ctx.set(self.src.pos, "end of stream", "xenopsd")
-            self.xenopsd.finish(complete=self.xenopsd.info.ended)
+        if not truncated:
+            self.envelope.finish(self.src.pos)
         if self.libxc is not None:
             self.ctx.set(self.src.pos, "end of stream", LAYER_LIBXC)
             self.libxc.finish()
@@ -501,90 +356,6 @@ class Verifier:
             self.report(WARNING, "trailing-data", SPEC, True,
                         f"{self.src.remaining()} bytes after the final END (the restorer never "
                         "reads them)")
-
-    # -- summary -----------------------------------------------------------------------
-
-    def _summary(self) -> Dict[str, Any]:
-        st = self.parser.state
-        s: Dict[str, Any] = {"records": self.records, "bytes": self.src.pos - self.src.start}
-        if self.libvirt is not None:
-            v = self.libvirt.info
-            s["libvirt"] = {"version": v.version, "xml_len": v.xml_len, "name": v.name,
-                            "domain_type": v.domain_type}
-        if self.xend is not None:
-            x = self.xend.info
-            s["xend"] = {"config_len": x.config_len, "name": x.name, "guest_type": x.guest}
-        if self.xenopsd is not None:
-            o = self.xenopsd.info
-            s["xenopsd"] = {"format": "legacy" if o.legacy else "v2", "frames": o.frames,
-                            "word_size": o.word_size, "time": o.fields.get("time")}
-        if self.xl is not None:
-            i = self.xl.info
-            s["xl"] = {"streamv2": i.streamv2, "mandatory_flags": i.mandatory_flags,
-                       "config": i.config_kind, "endian": "big" if i.endian == ">" else "little"}
-        if self.libxl is not None:
-            ls = self.libxl.s
-            s["libxl"] = {"version": 2, "endian": "big" if ls.endian == ">" else "little",
-                          "converted_from_legacy": ls.legacy_converted,
-                          "emulators": sorted(set(ls.emulator_ids)),
-                          "xenstore_keys": ls.xenstore_keys,
-                          "emulator_context_bytes": ls.emulator_context_bytes}
-        if self.libxc is not None:
-            cs = self.libxc.s
-            s["libxc"] = {"version": cs.version, "endian": "big" if cs.endian == ">" else "little",
-                          "xen_version": cs.xen_version,
-                          "converted_from_legacy": cs.converted_from_legacy}
-            s["guest_type"] = cs.guest
-            if cs.guest == "pv":
-                s["guest_width"] = cs.width * 8
-                s["vcpus"] = sorted(cs.vcpu_basic)
-                s["max_pfn"] = cs.max_pfn
-            elif cs.guest == "hvm":
-                s["vcpus"] = sorted(cs.hvm_vcpus)
-            s["pages"] = cs.pages
-            s["page_records"] = cs.page_records
-            s["highest_pfn"] = cs.pfns_max
-            s["verify_mode"] = cs.verify_mode
-        if self.legacy is not None:
-            g = self.legacy.guess
-            s["legacy"] = {"container": self.legacy.container,
-                           "width": g.width * 8 if g else None,
-                           "guest_type": g.guest if g else None}
-            lc = self.legacy_checker
-            if lc is not None and lc.header is not None:
-                h = lc.header
-                s["legacy"].update({
-                    "p2m_size": h.p2m_size, "pages": lc.pages, "batches": lc.batches,
-                    "checkpoints": lc.checkpoints, "verify_mode": lc.verify_mode,
-                    "qemu_record": lc.qemu_kind,
-                    "guest_width": h.guest_width * 8 if h.guest == "pv" else None})
-                s["guest_type"] = h.guest
-                s["pages"] = lc.pages
-        n = self._complete_checkpoints()
-        s["checkpoints"] = {
-            "kind": ("colo" if st.colo else "remus") if st.checkpoints else None,
-            "checkpoint_records": st.checkpoints,
-            "complete": n if st.checkpoints else 0,
-        }
-        names = {LAYER_LIBXC: libxc.record_name, "libxl": libxl.record_name,
-                 "xenopsd": xenopsd_mod.frame_name, "legacy": _legacy_name}
-        s["record_counts"] = dict(sorted(
-            (f"{layer}:{names[layer](rtype)}", n) for (layer, rtype), n in self.counts.items()))
-        return s
-
-
-def _legacy_key(item: Any) -> int:
-    if isinstance(item, LChunk):
-        return int(item.cid)
-    return (1 if isinstance(item, LBatch) else 2 if isinstance(item, LQemu) else 3) << 16
-
-
-def _legacy_name(key: int) -> str:
-    from xenstream.formats import legacy as lg
-
-    if key < 0:
-        return f"CHUNK_{lg.CHUNK_NAMES.get(key, str(key))}"
-    return {1: "PAGE_BATCH", 2: "QEMU_RECORD", 3: "HEADER"}.get(key >> 16, str(key))
 
 
 def verify(src: Source, **kw: Any) -> Result:

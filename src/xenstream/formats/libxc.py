@@ -1,19 +1,79 @@
 """libxc migration stream, versions 2 and 3 (``docs/specs/libxc-migration-stream.pandoc``).
 
-Layouts and constants first, then :class:`LibxcChecker`, which holds the rules
-of the specification and of Xen's C restorer (``tools/libs/guest/xg_sr_*``)
-for this layer.
+The image and domain headers and the record types first, then
+:class:`LibxcChecker`, which holds the rules of the specification and of
+Xen's C restorer (``tools/libs/guest/xg_sr_*``) for this layer.  The layouts
+and constants of the record families live beside it (PAGE_DATA in
+:mod:`~xenstream.formats.libxc_pages`, the PV records in
+:mod:`~xenstream.formats.libxc_pv`, the HVM and x86 platform records in
+:mod:`~xenstream.formats.libxc_hvm`, the shared state in
+:mod:`~xenstream.formats.libxc_state`); this module re-exports them, so that
+``libxc.NAME`` names everything of the layer.
 """
 
 from __future__ import annotations
 
-import array
-import struct
-import sys
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional
 
 from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
-from xenstream.formats import hvm
+from xenstream.formats import pv
+from xenstream.formats.libxc_hvm import (
+    CPUID_LEAF,
+    HVM_NR_PARAMS,
+    HVM_PARAM_NAMES,
+    HVM_PARAM_PAE_ENABLED,
+    HVM_PARAMS_ENTRY,
+    HVM_PARAMS_HDR,
+    MSR_ENTRY,
+    TSC_MODE_NAMES,
+    X86_TSC_INFO,
+    HvmRecords,
+)
+from xenstream.formats.libxc_pages import (
+    KNOWN_PAGE_TYPES,
+    MAX_BATCH_SIZE,
+    NATIVE,
+    NO_DATA_PAGE_TYPES,
+    PAGE_DATA_HDR,
+    PAGE_DATA_PFN_MASK,
+    PAGE_DATA_PFN_RESZ_MASK,
+    PAGE_DATA_TYPE_SHIFT,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGE_TYPE_NAMES,
+    PT_BROKEN,
+    PT_L1TAB,
+    PT_L2TAB,
+    PT_L3TAB,
+    PT_L4TAB,
+    PT_LPINTAB,
+    PT_NOTAB,
+    PT_XALLOC,
+    PT_XTAB,
+    T_BAD,
+    T_DATA,
+    T_HIGH,
+    T_LOW,
+    PageDataRecords,
+    PfnScan,
+    scan_pfns,
+)
+from xenstream.formats.libxc_pv import (
+    VCPU_MSR_ENTRY,
+    X86_PV_INFO,
+    X86_PV_P2M_FRAMES_HDR,
+    X86_PV_VCPU_HDR,
+    PvRecords,
+    p2m_frames_length,
+)
+from xenstream.formats.libxc_state import (
+    GUEST_HVM,
+    GUEST_PV,
+    Handler,
+    LibxcState,
+    RecordFamily,
+    Report,
+)
 from xenstream.layout import Layout
 
 # -- image and domain header ------------------------------------------------
@@ -40,8 +100,6 @@ DHDR_TYPE_X86_HVM = 0x00000002
 DHDR_TYPE_X86_PVH = 0x00000003  # reserved since Xen 4.x (279521aed9)
 DHDR_TYPE_ARM = 0x00000004  # reserved
 DHDR_TYPE_NAMES = {1: "x86 PV", 2: "x86 HVM", 3: "x86 PVH (reserved)", 4: "ARM (reserved)"}
-GUEST_PV = "pv"
-GUEST_HVM = "hvm"
 
 # -- records -------------------------------------------------------------------
 
@@ -109,197 +167,73 @@ def record_name(rtype: int) -> str:
     return f"UNKNOWN_{rtype:#010x}"
 
 
-# PAGE_DATA
-PAGE_DATA_HDR = Layout("PAGE_DATA header", [("count", "I"), ("_res1", "I")])
-PAGE_DATA_PFN_MASK = 0x000FFFFFFFFFFFFF
-PAGE_DATA_PFN_RESZ_MASK = 0x0FF0000000000000
-PAGE_DATA_TYPE_SHIFT = 60
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
-MAX_BATCH_SIZE = 1024  # what the saver sends at most (xg_save_restore.h)
+# PV vcpu context sizes under their old names
+VCPU_BASIC_SIZE = pv.VCPU_CONTEXT_SIZE
+VCPU_EXTENDED_MAX = pv.VCPU_EXTENDED_MAX
+VCPU_XSAVE_MIN = pv.VCPU_XSAVE_MIN
+SHARED_INFO_SIZE = pv.SHARED_INFO_SIZE
 
-# XEN_DOMCTL_PFINFO_* >> 28
-PT_NOTAB = 0x0
-PT_L1TAB = 0x1
-PT_L2TAB = 0x2
-PT_L3TAB = 0x3
-PT_L4TAB = 0x4
-PT_LPINTAB = 0x8
-PT_BROKEN = 0xD
-PT_XALLOC = 0xE
-PT_XTAB = 0xF
-PAGE_TYPE_NAMES = {
-    0x0: "NOTAB",
-    0x1: "L1TAB",
-    0x2: "L2TAB",
-    0x3: "L3TAB",
-    0x4: "L4TAB",
-    0x9: "L1TAB|PIN",
-    0xA: "L2TAB|PIN",
-    0xB: "L3TAB|PIN",
-    0xC: "L4TAB|PIN",
-    0xD: "BROKEN",
-    0xE: "XALLOC",
-    0xF: "XTAB",
-}
-KNOWN_PAGE_TYPES = frozenset(PAGE_TYPE_NAMES)
-NO_DATA_PAGE_TYPES = frozenset({PT_BROKEN, PT_XALLOC, PT_XTAB})
-
-# PV records
-X86_PV_INFO = Layout(
-    "X86_PV_INFO",
-    [("guest_width", "B"), ("pt_levels", "B"), ("_res0", "H"), ("_res1", "I")],
-)
-X86_PV_P2M_FRAMES_HDR = Layout("X86_PV_P2M_FRAMES", [("start_pfn", "I"), ("end_pfn", "I")])
-X86_PV_VCPU_HDR = Layout("X86_PV_VCPU header", [("vcpu_id", "I"), ("_res1", "I")])
-VCPU_BASIC_SIZE = {8: 5168, 4: 2800}
-VCPU_EXTENDED_MAX = 128
-VCPU_XSAVE_MIN = 16
-SHARED_INFO_SIZE = 4096
-
-X86_TSC_INFO = Layout(
-    "X86_TSC_INFO",
-    [("mode", "I"), ("khz", "I"), ("nsec", "Q"), ("incarnation", "I"), ("_res1", "I")],
-)
-TSC_MODE_NAMES = {0: "DEFAULT", 1: "ALWAYS_EMULATE", 2: "NEVER_EMULATE", 3: "PVRDTSCP"}
-
-HVM_PARAMS_HDR = Layout("HVM_PARAMS header", [("count", "I"), ("_res1", "I")])
-HVM_PARAMS_ENTRY = Layout("HVM_PARAMS entry", [("index", "Q"), ("value", "Q")])
-HVM_NR_PARAMS = 39
-HVM_PARAM_NAMES = {
-    0: "CALLBACK_IRQ", 1: "STORE_PFN", 2: "STORE_EVTCHN", 4: "PAE_ENABLED",
-    5: "IOREQ_PFN", 6: "BUFIOREQ_PFN", 8: "BUFIOREQ_EVTCHN", 9: "VIRIDIAN",
-    10: "TIMER_MODE", 11: "HPET_ENABLED", 12: "IDENT_PT", 14: "ACPI_S_STATE",
-    15: "VM86_TSS", 16: "VPT_ALIGN", 17: "CONSOLE_PFN", 18: "CONSOLE_EVTCHN",
-    19: "ACPI_IOPORTS_LOCATION", 20: "MEMORY_EVENT_CR0", 21: "MEMORY_EVENT_CR3",
-    22: "MEMORY_EVENT_CR4", 23: "MEMORY_EVENT_INT3", 24: "NESTEDHVM",
-    25: "MEMORY_EVENT_SINGLE_STEP", 26: "PAGING_RING_PFN", 27: "PAGING_RING_PFN",
-    28: "MONITOR_RING_PFN", 29: "SHARING_RING_PFN", 30: "MEMORY_EVENT_MSR",
-    31: "TRIPLE_FAULT_REASON", 32: "IOREQ_SERVER_PFN", 33: "NR_IOREQ_SERVER_PAGES",
-    34: "VM_GENERATION_ID_ADDR", 35: "ALTP2M", 36: "X87_FIP_WIDTH",
-    37: "VM86_TSS_SIZED", 38: "MCA_CAP",
-}
-HVM_PARAM_PAE_ENABLED = 4
-
-CPUID_LEAF = Layout(
-    "xen_cpuid_leaf_t",
-    [("leaf", "I"), ("subleaf", "I"), ("a", "I"), ("b", "I"), ("c", "I"), ("d", "I")],
-)
-MSR_ENTRY = Layout("xen_msr_entry_t", [("idx", "I"), ("flags", "I"), ("val", "Q")])
-VCPU_MSR_ENTRY = Layout("xen_domctl_vcpu_msr", [("index", "I"), ("_res1", "I"), ("value", "Q")])
-
-
-def p2m_frames_length(start_pfn: int, end_pfn: int, width: int) -> int:
-    """The exact X86_PV_P2M_FRAMES body length the restorer demands."""
-    fpp = PAGE_SIZE // width
-    return 8 + 8 * ((end_pfn // fpp + 1) - start_pfn // fpp)
-
-
-T_BAD = _T_BAD = bytes(0 if (b >> 4) in KNOWN_PAGE_TYPES else 1 for b in range(256))
-T_DATA = _T_DATA = bytes(1 if (b >> 4) in KNOWN_PAGE_TYPES and (b >> 4) not in NO_DATA_PAGE_TYPES
-                else 0 for b in range(256))
-T_LOW = _T_LOW = bytes(b & 0x0F for b in range(256))
-T_HIGH = _T_HIGH = bytes(b & 0xF0 for b in range(256))
-NATIVE = _NATIVE = "<" if sys.byteorder == "little" else ">"
-_U32X2 = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
-
-
-class PfnScan:
-    """Facts about one PAGE_DATA pfn array, computed with C-level bulk operations."""
-
-    __slots__ = ("raw", "endian", "count", "n_data", "bad_types", "reserved", "pfns", "max_pfn")
-
-    def __init__(self, raw: bytes, endian: str) -> None:
-        self.raw = raw
-        self.endian = endian
-        count = self.count = len(raw) >> 3
-        hi, nx = (7, 6) if endian == "<" else (0, 1)
-        top = raw[hi::8]  # bits 56-63: type nibble and reserved bits 56-59
-        nxt = raw[nx::8]  # bits 48-55: pfn bits 48-51 and reserved bits 52-55
-        zeros = bytes(count)
-        high_nxt = nxt.translate(_T_HIGH) != zeros
-        pfns = array.array("Q")
-        if top == zeros:  # all NOTAB, no reserved bits in the top byte: the common case
-            self.n_data = count
-            self.bad_types = 0
-            if not high_nxt:
-                pfns.frombytes(raw)
-        else:
-            self.n_data = top.translate(_T_DATA).count(1)
-            self.bad_types = top.translate(_T_BAD).count(1)
-            high_nxt = high_nxt or top.translate(_T_LOW) != zeros
-        self.reserved = 0
-        if high_nxt:
-            self.reserved = sum(1 for e in self.entries() if e & PAGE_DATA_PFN_RESZ_MASK)
-        if not pfns:
-            masked = bytearray(raw)
-            masked[hi::8] = zeros
-            masked[nx::8] = nxt.translate(_T_LOW)
-            pfns.frombytes(masked)
-        if endian != _NATIVE:
-            pfns.byteswap()
-        self.pfns = pfns
-        self.max_pfn = max(pfns) if count else 0
-
-    def entries(self) -> Tuple[int, ...]:
-        """The raw 64-bit entries (slow path, for error messages)."""
-        return struct.unpack(f"{self.endian}{self.count}Q", self.raw)
-
-
-def scan_pfns(raw: bytes, endian: str = "<") -> PfnScan:
-    return PfnScan(raw, endian)
-
-
-# -- rules -----------------------------------------------------------------------
-
-Report = Callable[..., None]
-"""``report(severity, rule, authority, tolerated, message, *, offset=None)``"""
-
-
-class LibxcState:
-    """What the libxc layer has seen so far, for ordering rules and summaries."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.endian = "<"
-        self.guest: Optional[str] = None  # "pv" | "hvm" | None (unknown type)
-        self.dhdr_type = 0
-        self.converted_from_legacy = False
-        self.xen_version = ""
-        self.seen_pv_info = False
-        self.width = 8  # PV domain width; native until X86_PV_INFO
-        self.pt_levels = 4
-        self.seen_p2m = False
-        self.max_pfn: Optional[int] = None  # PV: highest end_pfn in P2M_FRAMES
-        self.p2m_frame_pfns: Set[int] = set()
-        self.p2m_frame_types: Dict[int, int] = {}
-        self.static_data_end = False
-        self.static_data_end_inferred = False
-        self.static_data_end_missing = False  # v3: reported missing before memory
-        self.vcpu_basic: Set[int] = set()
-        self.hvm_context = False
-        self.verify_mode = False
-        self.checkpoints = 0
-        self.pages = 0
-        self.page_records = 0
-        self.pfns_max: Optional[int] = None
-        self.hvm_vcpus: Set[int] = set()
-        self.ended = False
+__all__ = [  # the whole layer, whichever module defines a name
+    "CPUID_LEAF", "DHDR", "DHDR_TYPE_ARM", "DHDR_TYPE_NAMES", "DHDR_TYPE_X86_HVM",
+    "DHDR_TYPE_X86_PV", "DHDR_TYPE_X86_PVH", "GUEST_HVM", "GUEST_PV", "HVM_NR_PARAMS", "HVM_ONLY",
+    "HVM_PARAMS_ENTRY", "HVM_PARAMS_HDR", "HVM_PARAM_NAMES", "HVM_PARAM_PAE_ENABLED", "HvmRecords",
+    "IHDR", "IHDR_ID", "IHDR_MARKER", "IHDR_OPT_BE", "IHDR_OPT_BIT_ENDIAN", "IHDR_OPT_RESERVED",
+    "IHDR_VERSIONS", "KNOWN_PAGE_TYPES", "LibxcChecker", "LibxcState", "MAX_BATCH_SIZE",
+    "MSR_ENTRY", "NATIVE", "NO_BODY", "NO_DATA_PAGE_TYPES", "PAGE_DATA_HDR", "PAGE_DATA_PFN_MASK",
+    "PAGE_DATA_PFN_RESZ_MASK", "PAGE_DATA_TYPE_SHIFT", "PAGE_SHIFT", "PAGE_SIZE",
+    "PAGE_TYPE_NAMES", "PT_BROKEN", "PT_L1TAB", "PT_L2TAB", "PT_L3TAB", "PT_L4TAB", "PT_LPINTAB",
+    "PT_NOTAB", "PT_XALLOC", "PT_XTAB", "PV_ONLY", "PageDataRecords", "PfnScan", "PvRecords",
+    "REC_ALIGN", "REC_LENGTH_MAX", "REC_TYPE_CHECKPOINT", "REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST",
+    "REC_TYPE_END", "REC_TYPE_HVM_CONTEXT", "REC_TYPE_HVM_PARAMS", "REC_TYPE_OPTIONAL",
+    "REC_TYPE_PAGE_DATA", "REC_TYPE_SHARED_INFO", "REC_TYPE_STATIC_DATA_END", "REC_TYPE_TOOLSTACK",
+    "REC_TYPE_VERIFY", "REC_TYPE_X86_CPUID_POLICY", "REC_TYPE_X86_MSR_POLICY",
+    "REC_TYPE_X86_PV_INFO", "REC_TYPE_X86_PV_P2M_FRAMES", "REC_TYPE_X86_PV_VCPU_BASIC",
+    "REC_TYPE_X86_PV_VCPU_EXTENDED", "REC_TYPE_X86_PV_VCPU_MSRS", "REC_TYPE_X86_PV_VCPU_XSAVE",
+    "REC_TYPE_X86_TSC_INFO", "RH", "RecordFamily", "Report", "SHARED_INFO_SIZE", "TSC_MODE_NAMES",
+    "T_BAD", "T_DATA", "T_HIGH", "T_LOW", "V3_ONLY", "VCPU_BASIC_SIZE", "VCPU_EXTENDED_MAX",
+    "VCPU_MSR_ENTRY", "VCPU_RECORDS", "VCPU_XSAVE_MIN", "X86_PV_INFO", "X86_PV_P2M_FRAMES_HDR",
+    "X86_PV_VCPU_HDR", "X86_TSC_INFO", "p2m_frames_length", "record_name", "scan_pfns",
+]
 
 
 class LibxcChecker:
-    """Rules of the libxc layer; one instance per libxc stream."""
+    """Rules of the libxc layer; one instance per libxc stream: the framing,
+    the headers, the order of records and the stream-control records (END,
+    VERIFY, CHECKPOINT, STATIC_DATA_END, and those Xen rejects); the other
+    records go to their family's rules."""
 
     def __init__(self, report: Report, *, nr_vcpus: Optional[int] = None) -> None:
         self.report = report
-        self.s = LibxcState()
-        self.nr_vcpus = nr_vcpus  # from the image's own config, when it has one
+        self.s = s = LibxcState()
         self.notes: List[str] = []
-        self._noted_vcpu = False
-        self._last_vcpu = 0
-        self._noted_xsave = False
-        self._handlers: Dict[int, Callable[[int, Optional[bytes], Callable[[int], bytes]], None]] = {
-            t: getattr(self, "_rec_" + n.lower()) for t, n in RECORD_NAMES.items()}
+        #: the record families, sharing the state and the report callable
+        self.pages = PageDataRecords(s, report)
+        self.pv = PvRecords(s, report, nr_vcpus=nr_vcpus, notes=self.notes)
+        self.hvm = HvmRecords(s, report, nr_vcpus=nr_vcpus)
+        self._page_data = self.pages.rec_page_data  # the hot path, one lookup
+        p, h = self.pv, self.hvm
+        #: record type -> its rules
+        self._handlers: Dict[int, Handler] = {
+            REC_TYPE_END: self._rec_end,
+            REC_TYPE_PAGE_DATA: self._page_data,
+            REC_TYPE_X86_PV_INFO: p.rec_x86_pv_info,
+            REC_TYPE_X86_PV_P2M_FRAMES: p.rec_x86_pv_p2m_frames,
+            REC_TYPE_X86_PV_VCPU_BASIC: p.rec_x86_pv_vcpu_basic,
+            REC_TYPE_X86_PV_VCPU_EXTENDED: p.rec_x86_pv_vcpu_extended,
+            REC_TYPE_X86_PV_VCPU_XSAVE: p.rec_x86_pv_vcpu_xsave,
+            REC_TYPE_SHARED_INFO: p.rec_shared_info,
+            REC_TYPE_X86_TSC_INFO: h.rec_x86_tsc_info,
+            REC_TYPE_HVM_CONTEXT: h.rec_hvm_context,
+            REC_TYPE_HVM_PARAMS: h.rec_hvm_params,
+            REC_TYPE_TOOLSTACK: self._rec_toolstack,
+            REC_TYPE_X86_PV_VCPU_MSRS: p.rec_x86_pv_vcpu_msrs,
+            REC_TYPE_VERIFY: self._rec_verify,
+            REC_TYPE_CHECKPOINT: self._rec_checkpoint,
+            REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST: self._rec_checkpoint_dirty_pfn_list,
+            REC_TYPE_STATIC_DATA_END: self._rec_static_data_end,
+            REC_TYPE_X86_CPUID_POLICY: h.rec_x86_cpuid_policy,
+            REC_TYPE_X86_MSR_POLICY: h.rec_x86_msr_policy,
+        }
 
     # -- headers -------------------------------------------------------------
 
@@ -363,7 +297,7 @@ class LibxcChecker:
         where ``read_prefix(n)`` reads its first ``n`` bytes on demand."""
         s = self.s
         if rtype == REC_TYPE_PAGE_DATA and s.guest == GUEST_HVM:
-            self._rec_page_data(length, body, read_prefix)  # the hot path
+            self._page_data(length, body, read_prefix)  # the hot path
             return
         r = self.report
         base = rtype & ~REC_TYPE_OPTIONAL
@@ -402,338 +336,10 @@ class LibxcChecker:
 
         self._handlers[rtype](length, body, read_prefix)
 
-    # individual records
+    # stream-control records
 
     def _rec_end(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         self.s.ended = True
-
-    def _infer_static_data_end(self) -> None:
-        s = self.s
-        if s.static_data_end:
-            return
-        if s.version >= 3:
-            # the restore stops here ("No STATIC_DATA_END seen"): say it once,
-            # and leave the later records' rules to judge them on their own
-            if not s.static_data_end_missing:
-                s.static_data_end_missing = True
-                self.report(ERROR, "static-data-end-missing", RESTORE, False,
-                            "expected STATIC_DATA_END before the first PAGE_DATA and "
-                            "X86_PV_P2M_FRAMES in a version 3 stream, found none")
-            return
-        s.static_data_end = True
-        s.static_data_end_inferred = True
-
-    def _rec_page_data(self, length: int, body: Optional[bytes],
-                       read_prefix: Callable[[int], bytes]) -> None:
-        s = self.s
-        r = self.report
-        if s.version == 2 or not s.static_data_end:
-            self._infer_static_data_end()
-        if s.guest == GUEST_PV and not s.seen_p2m:
-            r(ERROR, "page-data-before-p2m", RESTORE, False,
-              "expected X86_PV_P2M_FRAMES before the first PAGE_DATA of a PV stream, found none")
-            s.seen_p2m = True  # report once
-        if length < 8:
-            r(ERROR, "page-data-length", RESTORE, False,
-              f"expected a body of at least 8 bytes, found {length}")
-            return
-        count, res1 = _U32X2[s.endian].unpack(read_prefix(8))
-        if res1:
-            r(ERROR, "page-data-reserved", SPEC, True,
-              f"expected reserved field zero, found {res1:#x}")
-        if count == 0:
-            r(ERROR, "page-data-count", RESTORE, False, "expected at least 1 pfn, found count 0")
-            return
-        if length < 8 + 8 * count:
-            r(ERROR, "page-data-length", RESTORE, False,
-              f"expected at least {8 + 8 * count} bytes for {count} pfns, found {length}")
-            return
-        if count > MAX_BATCH_SIZE:
-            r(WARNING, "page-data-batch", SPEC, True,
-              f"{count} pfns in one record; Xen's saver sends at most {MAX_BATCH_SIZE}")
-        raw = read_prefix(8 * count)
-        scan = scan_pfns(raw, s.endian)
-        n_data = scan.n_data
-        if scan.reserved:
-            r(ERROR, "page-data-pfn-reserved", SPEC, True,
-              f"expected pfn bits 52-59 zero, found them set in {scan.reserved} "
-              f"entr{'y' if scan.reserved == 1 else 'ies'}")
-        if scan.bad_types:
-            bad = [f"{e >> PAGE_DATA_TYPE_SHIFT:#x} (pfn {e & PAGE_DATA_PFN_MASK:#x})"
-                   for e in scan.entries() if (e >> PAGE_DATA_TYPE_SHIFT) not in KNOWN_PAGE_TYPES]
-            r(ERROR, "page-data-type", RESTORE, False,
-              f"expected page types 0-4, 9-15, found {', '.join(bad[:4])}"
-              + (f" and {len(bad) - 4} more" if len(bad) > 4 else ""))
-        if s.pfns_max is None or scan.max_pfn > s.pfns_max:
-            s.pfns_max = scan.max_pfn
-        if s.guest == GUEST_PV and s.max_pfn is not None and scan.max_pfn > s.max_pfn:
-            beyond = [p for p in scan.pfns if p > s.max_pfn]
-            r(ERROR, "page-data-pfn-range", RESTORE, False,
-              f"expected pfns <= max_pfn {s.max_pfn:#x} (from X86_PV_P2M_FRAMES), found "
-              f"{', '.join(hex(p) for p in beyond[:4])}"
-              + (f" and {len(beyond) - 4} more" if len(beyond) > 4 else ""))
-        if s.p2m_frame_pfns and not s.p2m_frame_pfns.isdisjoint(scan.pfns):
-            for e in scan.entries():
-                pfn = e & PAGE_DATA_PFN_MASK
-                if pfn in s.p2m_frame_pfns:
-                    s.p2m_frame_types[pfn] = e >> PAGE_DATA_TYPE_SHIFT
-        if not scan.bad_types:
-            want = 8 + 8 * count + PAGE_SIZE * n_data
-            if length != want:
-                r(ERROR, "page-data-length", RESTORE, False,
-                  f"expected {want} bytes ({count} pfns, {n_data} with page data), found {length}")
-        s.pages += n_data
-        s.page_records += 1
-
-    def _rec_x86_pv_info(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        s = self.s
-        r = self.report
-        if s.seen_pv_info:
-            r(ERROR, "pv-info-once", RESTORE, False,
-              "expected X86_PV_INFO once, found a second one")
-        s.seen_pv_info = True
-        assert body is not None
-        if length < 8:
-            r(ERROR, "pv-info-length", RESTORE, False, f"expected 8 bytes, found {length}")
-            return
-        if length != 8:
-            r(ERROR, "pv-info-length", SPEC, True, f"expected 8 bytes, found {length}")
-        f = X86_PV_INFO.unpack(body, s.endian)
-        if (f["guest_width"], f["pt_levels"]) not in ((4, 3), (8, 4)):
-            r(ERROR, "pv-info-width", RESTORE, False,
-              "expected guest_width/pt_levels 8/4 or 4/3, found "
-              f"{f['guest_width']}/{f['pt_levels']}")
-        else:
-            s.width = f["guest_width"]
-            s.pt_levels = f["pt_levels"]
-        if f["_res0"] or f["_res1"]:
-            r(ERROR, "pv-info-reserved", SPEC, True, "expected reserved fields zero, found non-zero")
-
-    def _need_pv_info(self, name: str, *, enforced: bool = True) -> None:
-        """X86_PV_INFO must come first.  Xen checks it for P2M_FRAMES and
-        SHARED_INFO; for vcpu records it does not (a 64-bit domain has the
-        native width already; a 32-bit context then fails on its size)."""
-        if not self.s.seen_pv_info:
-            self.report(ERROR, "pv-info-first", RESTORE if enforced else SPEC, not enforced,
-                        f"expected X86_PV_INFO before {name}, found none")
-
-    def _rec_x86_pv_p2m_frames(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        s = self.s
-        r = self.report
-        self._need_pv_info("X86_PV_P2M_FRAMES")
-        if s.version == 2 or not s.static_data_end:
-            self._infer_static_data_end()
-        s.seen_p2m = True
-        assert body is not None
-        if length < 8:
-            r(ERROR, "p2m-frames-length", RESTORE, False,
-              f"expected at least 8 bytes, found {length}")
-            return
-        f = X86_PV_P2M_FRAMES_HDR.unpack(body, s.endian)
-        start, end = f["start_pfn"], f["end_pfn"]
-        if start > end:
-            r(ERROR, "p2m-frames-range", RESTORE, False,
-              f"expected start_pfn <= end_pfn, found {start:#x} > {end:#x}")
-            return
-        want = p2m_frames_length(start, end, s.width)
-        if length != want:
-            r(ERROR, "p2m-frames-length", RESTORE, False,
-              f"expected {want} bytes for pfns {start:#x}-{end:#x} at guest width {s.width}, "
-              f"found {length}")
-            return
-        if s.max_pfn is None or end > s.max_pfn:
-            s.max_pfn = end
-        n = (length - 8) // 8
-        frames = struct.unpack_from(f"{s.endian}{n}Q", body, 8)
-        s.p2m_frame_pfns.update(frames)
-
-    def _vcpu(self, name: str, length: int, body: Optional[bytes]) -> Optional[int]:
-        """Common VCPU record rules; returns the blob size or None if done."""
-        s = self.s
-        r = self.report
-        self._need_pv_info(name, enforced=False)
-        assert body is not None
-        if length < 8:
-            r(ERROR, "vcpu-length", RESTORE, False, f"expected at least 8 bytes, found {length}")
-            return None
-        h = X86_PV_VCPU_HDR.unpack(body, s.endian)
-        if h["_res1"]:
-            r(ERROR, "vcpu-reserved", SPEC, True,
-              f"expected reserved field zero, found {h['_res1']:#x}")
-        blob = length - 8
-        if blob == 0:
-            r(WARNING, "errata-zero-content", SPEC, True,
-              f"{name} for vcpu {h['vcpu_id']} has no content (tolerated: errata for Xen 4.6-4.8 "
-              "senders)")
-            return None
-        vid = h["vcpu_id"]
-        if self.nr_vcpus is not None:
-            if vid >= self.nr_vcpus:
-                r(ERROR, "vcpu-id", RESTORE, False,
-                  f"expected vcpu_id < {self.nr_vcpus} (max_vcpus in the image's config), "
-                  f"found {vid}")
-        elif not self._noted_vcpu:
-            self._noted_vcpu = True
-            self.notes.append("vcpu ids not checked against the restoring domain's vcpu count: "
-                              "the image carries no configuration")
-        self._last_vcpu = vid
-        return blob
-
-    def _rec_x86_pv_vcpu_basic(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_BASIC", length, body)
-        if blob is None:
-            return
-        want = VCPU_BASIC_SIZE[self.s.width]
-        if blob != want:
-            self.report(ERROR, "vcpu-basic-size", RESTORE, False,
-                        f"expected a {want}-byte context for a {self.s.width * 8}-bit guest, "
-                        f"found {blob}")
-            return
-        self.s.vcpu_basic.add(self._last_vcpu)
-
-    def _rec_x86_pv_vcpu_extended(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_EXTENDED", length, body)
-        if blob is None:
-            return
-        assert body is not None
-        if blob > VCPU_EXTENDED_MAX:
-            self.report(ERROR, "vcpu-extended-size", RESTORE, False,
-                        f"expected at most {VCPU_EXTENDED_MAX} bytes of context, found {blob}")
-            return
-        if blob >= 8:
-            vcpu, size = struct.unpack_from(f"{self.s.endian}II", body, 8)
-            if size < 32:
-                self.report(ERROR, "vcpu-extended-embedded-size", RESTORE, False,
-                            f"expected the context's own size field >= 32, found {size}")
-            if vcpu != self._last_vcpu:
-                self.report(ERROR, "vcpu-extended-embedded-vcpu", SPEC, True,
-                            f"expected the context's own vcpu field to be {self._last_vcpu} (the "
-                            f"record's vcpu_id; Xen uses the embedded one), found {vcpu}")
-        else:
-            self.report(ERROR, "vcpu-extended-embedded-size", RESTORE, False,
-                        f"expected at least 8 bytes of context (vcpu, size), found {blob}")
-
-    def _rec_x86_pv_vcpu_xsave(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_XSAVE", length, body)
-        if blob is None:
-            return
-        r = self.report
-        if blob < VCPU_XSAVE_MIN:
-            r(ERROR, "vcpu-xsave-size", RESTORE, False,
-              f"expected at least 16 bytes (xcr0, xcr0_accum), found {blob}")
-            return
-        assert body is not None
-        # XEN_DOMCTL_setvcpuextstate (xen/arch/x86/domctl.c)
-        xcr0, accum = struct.unpack_from(self.s.endian + "QQ", body, 8)
-        if not accum:
-            if xcr0:
-                r(ERROR, "vcpu-xsave-state", RESTORE, False,
-                  f"expected xcr0 0 when xcr0_accum is 0, found {xcr0:#x}")
-            if blob != 16:
-                r(ERROR, "vcpu-xsave-size", RESTORE, False,
-                  f"expected 16 bytes when xcr0_accum is 0, found {blob}")
-            return
-        if blob == 16:
-            return  # "nothing to restore"
-        if blob < 16 + hvm.XSTATE_AREA_MIN_SIZE:
-            r(ERROR, "vcpu-xsave-size", RESTORE, False,
-              f"expected 16 bytes or at least {16 + hvm.XSTATE_AREA_MIN_SIZE} (legacy area and "
-              f"xsave header), found {blob}")
-            return
-        if not hvm.valid_xcr0(xcr0) or not hvm.valid_xcr0(accum) or xcr0 & ~accum:
-            r(ERROR, "vcpu-xsave-state", RESTORE, False,
-              f"expected valid xcr0/xcr0_accum with xcr0 within xcr0_accum, found "
-              f"{xcr0:#x}/{accum:#x}")
-            return
-        xstate_bv, xcomp_bv = struct.unpack_from(self.s.endian + "QQ", body, 8 + 16 + 512)
-        if xstate_bv & ~accum:
-            r(ERROR, "vcpu-xsave-state", RESTORE, False,
-              f"expected xstate_bv within xcr0_accum {accum:#x}, found {xstate_bv:#x}")
-        if xcomp_bv:
-            r(ERROR, "vcpu-xsave-state", RESTORE, False,
-              f"expected an uncompacted XSAVE area (xcomp_bv 0), found xcomp_bv {xcomp_bv:#x}")
-        want = 16 + hvm.xstate_uncompressed_size(accum)
-        if blob != want:
-            r(ERROR, "vcpu-xsave-size", RESTORE, False,
-              f"expected {want} bytes for xcr0_accum {accum:#x}, found {blob}")
-        if not self._noted_xsave:
-            self._noted_xsave = True
-            self.notes.append("PV xsave sizes not checked against the restoring host's "
-                              "xfeature_mask (a property of the host, not of the image)")
-
-    def _rec_x86_pv_vcpu_msrs(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        blob = self._vcpu("X86_PV_VCPU_MSRS", length, body)
-        if blob is None:
-            return
-        assert body is not None
-        if blob % 16:
-            self.report(ERROR, "vcpu-msrs-size", RESTORE, False,
-                        f"expected a multiple of 16 bytes, found {blob}")
-            return
-        for i in range(blob // 16):
-            e = VCPU_MSR_ENTRY.unpack(body, self.s.endian, 8 + 16 * i)
-            if e["_res1"]:
-                self.report(ERROR, "vcpu-msrs-reserved", SPEC, True,
-                            f"expected reserved field of MSR entry {i} zero, found {e['_res1']:#x}")
-                break
-
-    def _rec_shared_info(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self._need_pv_info("SHARED_INFO")
-        if length != SHARED_INFO_SIZE:
-            self.report(ERROR, "shared-info-length", RESTORE, False,
-                        f"expected 4096 bytes, found {length}")
-
-    def _rec_x86_tsc_info(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        r = self.report
-        if length != X86_TSC_INFO.size:
-            r(ERROR, "tsc-info-length", RESTORE, False, f"expected 24 bytes, found {length}")
-            return
-        assert body is not None
-        f = X86_TSC_INFO.unpack(body, self.s.endian)
-        if f["mode"] == 3:
-            r(ERROR, "tsc-mode-pvrdtscp", RESTORE, False,
-              "expected TSC mode 0-2, found 3 (PVRDTSCP): Xen >= 4.12 refuses it")
-        elif f["mode"] > 3:
-            r(ERROR, "tsc-mode", RESTORE, False, f"expected TSC mode 0-2, found {f['mode']}")
-        if f["_res1"]:
-            r(ERROR, "tsc-info-reserved", SPEC, True,
-              f"expected reserved field zero, found {f['_res1']:#x}")
-
-    def _rec_hvm_context(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        r = self.report
-        if length == 0:
-            r(ERROR, "hvm-context-empty", RESTORE, False, "expected an HVM context, found 0 bytes")
-            return
-        assert body is not None
-        self.s.hvm_context = True
-        for p in hvm.check_context(body, nr_vcpus=self.nr_vcpus):
-            r(p.severity, p.rule, p.authority, p.tolerated,
-              f"HVM context entry at blob offset {p.offset:#x}: {p.message}")
-        self.s.hvm_vcpus = hvm.cpu_instances(body)
-
-    def _rec_hvm_params(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        r = self.report
-        assert body is not None
-        if length < 8:
-            r(ERROR, "hvm-params-length", RESTORE, False, f"expected at least 8 bytes, found {length}")
-            return
-        h = HVM_PARAMS_HDR.unpack(body, self.s.endian)
-        if h["_res1"]:
-            r(ERROR, "hvm-params-reserved", SPEC, True,
-              f"expected reserved field zero, found {h['_res1']:#x}")
-        if length != 8 + 16 * h["count"]:
-            r(ERROR, "hvm-params-length", RESTORE, False,
-              f"expected {8 + 16 * h['count']} bytes for {h['count']} params, found {length}")
-            return
-        if h["count"] == 0:
-            r(WARNING, "errata-zero-content", SPEC, True,
-              "HVM_PARAMS with no params (tolerated: errata for Xen 4.6-4.8 senders)")
-            return
-        for i in range(h["count"]):
-            e = HVM_PARAMS_ENTRY.unpack(body, self.s.endian, 8 + 16 * i)
-            if e["index"] >= HVM_NR_PARAMS:
-                r(ERROR, "hvm-params-index", RESTORE, False,
-                  f"expected param index < {HVM_NR_PARAMS}, found {e['index']}")
 
     def _rec_toolstack(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         self.report(ERROR, "toolstack-record", RESTORE, False,
@@ -759,30 +365,6 @@ class LibxcChecker:
                         f"expected one STATIC_DATA_END, found a second{how}")
         s.static_data_end = True
 
-    def _policy(self, name: str, length: int, unit: int) -> None:
-        s = self.s
-        r = self.report
-        if length == 0 or length % unit:
-            r(ERROR, "policy-length", RESTORE, False,
-              f"expected a non-zero multiple of {unit} bytes, found {length}")
-        if s.static_data_end:
-            r(ERROR, "policy-after-static-data-end", SPEC, True,
-              f"expected {name} before STATIC_DATA_END, found after it: Xen's restore accepts "
-              "it but never applies it")
-
-    def _rec_x86_cpuid_policy(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self._policy("X86_CPUID_POLICY", length, CPUID_LEAF.size)
-
-    def _rec_x86_msr_policy(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self._policy("X86_MSR_POLICY", length, MSR_ENTRY.size)
-        if body and length % 16 == 0:
-            for i in range(length // 16):
-                e = MSR_ENTRY.unpack(body, self.s.endian, 16 * i)
-                if e["flags"]:
-                    self.report(ERROR, "msr-policy-flags", SPEC, True,
-                                f"expected flags of MSR entry {i} zero, found {e['flags']:#x}")
-                    break
-
     # -- end of stream -----------------------------------------------------------
 
     def finish(self) -> None:
@@ -790,30 +372,9 @@ class LibxcChecker:
         s = self.s
         r = self.report
         if s.guest == GUEST_PV:
-            if not s.seen_pv_info:
-                r(ERROR, "pv-info-missing", RESTORE, False,
-                  "expected an X86_PV_INFO record in a PV stream, found none")
-            if not s.seen_p2m:
-                r(ERROR, "p2m-frames-missing", RESTORE, False,
-                  "expected an X86_PV_P2M_FRAMES record in a PV stream, found none")
-            if 0 not in s.vcpu_basic:
-                r(ERROR, "vcpu0-missing", RESTORE, False,
-                  "expected X86_PV_VCPU_BASIC for vcpu 0, found none (\"Sender didn't send "
-                  "vcpu0's basic state\")")
-            if s.max_pfn is not None:
-                bad = sorted(p for p in s.p2m_frame_pfns if p > s.max_pfn)
-                if bad:
-                    r(ERROR, "p2m-frame-range", RESTORE, False,
-                      f"expected p2m frame pfns <= max_pfn {s.max_pfn:#x}, found "
-                      f"{', '.join(hex(p) for p in bad[:4])}")
-                wrong = sorted(p for p, t in s.p2m_frame_types.items() if t != PT_NOTAB)
-                if wrong:
-                    r(ERROR, "p2m-frame-type", RESTORE, False,
-                      f"expected p2m frame pages of type NOTAB, found pfn {wrong[0]:#x} of type "
-                      f"{PAGE_TYPE_NAMES.get(s.p2m_frame_types[wrong[0]], '?')}")
-        elif s.guest == GUEST_HVM and not s.hvm_context:
-            r(ERROR, "hvm-context-missing", RESTORE, False,
-              "expected an HVM_CONTEXT record in an HVM stream, found none")
+            self.pv.finish()
+        elif s.guest == GUEST_HVM:
+            self.hvm.finish()
         if s.version >= 3 and not s.static_data_end and not s.static_data_end_missing:
             r(ERROR, "static-data-end-missing", RESTORE, False,
               "expected a STATIC_DATA_END record in a version 3 stream, found none")
