@@ -7,18 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 from xenstream.consumers.verify import Result
 from xenstream.findings import ERROR, WARNING
 from xenstream.formats.legacy import LBatch, LBatchRun
-from xenstream.reading.parser import (
-    EndOfInput,
-    EnvelopeData,
-    Frame,
-    Header,
-    Item,
-    Legacy,
-    Mismatch,
-    PageRun,
-    Record,
-    XlConfig,
-)
+from xenstream.reading import items
 
 
 def finding_lines(res: Result, name: str, *, warnings: bool = True) -> List[str]:
@@ -106,15 +95,15 @@ def to_json(res: Result) -> str:
 
 #: ``-v`` line of each non-record item, after its offset
 _ITEM_LINES: Dict[type, Callable[[Any], str]] = {
-    Header: lambda i: f"{i.layer:<6} {i.kind}: "
+    items.Header: lambda i: f"{i.layer:<6} {i.kind}: "
                       + ", ".join(f"{k}={v:#x}" for k, v in i.fields.items()),
-    XlConfig: lambda i: f"xl     optional data: {i.optional_data_len} bytes, "
+    items.XlConfig: lambda i: f"xl     optional data: {i.optional_data_len} bytes, "
                         f"config_len {i.config_len}",
-    Legacy: lambda i: f"legacy {i.guess.describe() if i.guess else 'legacy stream'}",
-    EndOfInput: lambda i: f"{i.layer:<6} end of input",
-    Frame: lambda i: f"xenopsd #{i.index:<5} {i.name + ' frame':<24} length {i.length}",
-    EnvelopeData: lambda i: f"{i.layer:<6} {i.kind}: {i.declared_len} bytes",
-    Mismatch: lambda i: f"{i.layer:<6} {i.message}",
+    items.Legacy: lambda i: f"legacy {i.guess.describe() if i.guess else 'legacy stream'}",
+    items.EndOfInput: lambda i: f"{i.layer:<6} end of input",
+    items.Frame: lambda i: f"xenopsd #{i.index:<5} {i.name + ' frame':<24} length {i.length}",
+    items.EnvelopeData: lambda i: f"{i.layer:<6} {i.kind}: {i.declared_len} bytes",
+    items.Mismatch: lambda i: f"{i.layer:<6} {i.message}",
 }
 
 
@@ -145,8 +134,8 @@ class RecordPrinter:
         self._run_n = 0
         self._run_bytes = 0
 
-    def __call__(self, item: Item) -> None:
-        if isinstance(item, PageRun):
+    def __call__(self, item: items.Item) -> None:
+        if isinstance(item, items.PageRun):
             if self._run is not None and self._run.name == "PAGE_DATA":
                 self._run_n += item.records
                 self._run_bytes += item.end - item.offset - 8 * item.records
@@ -180,7 +169,7 @@ class RecordPrinter:
             self.emit(f"{item.offset:#012x}  legacy page batch of {getattr(item, 'count', 0)} "
                       f"pfns, {n} pages")
             return
-        if isinstance(item, Record):
+        if isinstance(item, items.Record):
             if self._run is not None and item.name == self._run.name and item.layer == self._run.layer:
                 self._run_n += 1
                 self._run_bytes += item.length

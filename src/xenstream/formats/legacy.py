@@ -18,6 +18,7 @@ import struct
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from xenstream.errors import FormatError, TruncatedError
+from xenstream.formats import pv
 from xenstream.io import Source
 
 P2M_SIZE_MAX = 0x10000000  # the legacy saver refuses p2m_size > 0x0FFFFFFF
@@ -133,10 +134,10 @@ NO_DATA_TYPES = frozenset({PT_XTAB, PT_XALLOC, PT_BROKEN})
 XTAB_NO_PFN = 0xF0000000  # the saver's entry for a page it could not map
 
 PAGE_SIZE = 4096
-VCPU_CTX_SIZE = {8: 5168, 4: 2800}  # guest width -> sizeof(vcpu_guest_context)
-GUEST_WIDTH_OF_CTX = {5168: 8, 2800: 4}
-EXTV_SIZE = 128
-SHARED_INFO_SIZE = 4096
+VCPU_CTX_SIZE = pv.VCPU_CONTEXT_SIZE  # guest width -> sizeof(vcpu_guest_context)
+GUEST_WIDTH_OF_CTX = pv.GUEST_WIDTH_OF_CONTEXT
+EXTV_SIZE = pv.VCPU_EXTENDED_MAX  # the "extv" block's extended context, always this size
+SHARED_INFO_SIZE = pv.SHARED_INFO_SIZE
 HVM_CONTEXT_MAX = 128 << 20
 TOOLSTACK_MAX = 64 << 20
 TMEM_PAGE_MAX = 1 << 16

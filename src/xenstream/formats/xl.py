@@ -52,20 +52,19 @@ class XlInfo:
         self.config: Optional[bytes] = None
         self.config_json: Optional[Dict[str, Any]] = None
 
+    def _b_or_c_info(self, section: str, key: str) -> Any:
+        """``config_json[section][key]`` (None where the config lacks it)."""
+        info = self.config_json.get(section) if self.config_json else None
+        return info.get(key) if isinstance(info, dict) else None
+
     def guest_type(self) -> Optional[str]:
         """'pv' / 'hvm' / 'pvh' from the JSON config, if it says."""
-        if not self.config_json:
-            return None
-        c_info = self.config_json.get("c_info")
-        if isinstance(c_info, dict):
-            t = c_info.get("type")
-            if isinstance(t, str):
-                return t.lower()
-        return None
+        t = self._b_or_c_info("c_info", "type")
+        return t.lower() if isinstance(t, str) else None
 
     def max_vcpus(self) -> Optional[int]:
-        if not self.config_json:
-            return None
+        v = self._b_or_c_info("b_info", "max_vcpus")
+        return v if isinstance(v, int) and v > 0 else None
         b_info = self.config_json.get("b_info")
         if isinstance(b_info, dict):
             v = b_info.get("max_vcpus")

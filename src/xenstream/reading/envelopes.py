@@ -15,25 +15,18 @@ from typing import Generator, Iterator, Optional
 
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.formats import legacy, libvirt, libxl, xend, xenopsd, xl
+from xenstream.reading import items
 from xenstream.reading.context import Context
 from xenstream.reading.items import (
     LAYER_LEGACY,
     LAYER_LIBVIRT,
-    LAYER_LIBXC,
     LAYER_LIBXL,
     LAYER_XEND,
     LAYER_XENOPSD,
     LAYER_XL,
-    EnvelopeData,
-    Frame,
-    Header,
-    Item,
-    Legacy,
-    Mismatch,
-    XlConfig,
 )
 from xenstream.reading.legacy import LegacyOptions, LegacyParser
-from xenstream.reading.streams import read_libxc, read_libxl
+from xenstream.reading.streams import libxc_marker, read_libxc, read_libxl
 
 #: xl configuration bigger than this is skipped (not held) when checking.
 XL_CONFIG_MAX = 64 << 20
@@ -68,7 +61,7 @@ def _blob(ctx: Context, declared: int, limit: int, what: str, layer: str) -> Opt
     return src.read(declared, what=what, layer=layer)
 
 
-def read_legacy(ctx: Context, item: Legacy) -> Iterator[Item]:
+def read_legacy(ctx: Context, item: items.Legacy) -> Iterator[items.Item]:
     """Yield ``item``, then (when following legacy streams) the legacy
     stream's own items."""
     ctx.state.layers.append(LAYER_LEGACY)
@@ -88,23 +81,23 @@ def read_legacy(ctx: Context, item: Legacy) -> Iterator[Item]:
     ctx.state.finished = not truncated and item.container != "xenopsd-frame"
 
 
-def _legacy_payload(ctx: Context, container: str) -> Iterator[Item]:
+def _legacy_payload(ctx: Context, container: str) -> Iterator[items.Item]:
     at = ctx.src.pos
     peek = ctx.src.read_upto(16)
     if not peek:
         raise TruncatedError(at, 16, 0, what="legacy stream", layer=LAYER_LEGACY,
                              message="expected a legacy stream, found end of stream")
-    yield from read_legacy(ctx, Legacy(at, legacy.sniff(peek), container, peek))
+    yield from read_legacy(ctx, items.Legacy(at, legacy.sniff(peek), container, peek))
 
 
-def read_libvirt(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
+def read_libvirt(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
     src = ctx.src
     raw = _enter(ctx, LAYER_LIBVIRT, head, start, libvirt.HEADER_SIZE, libvirt.MAGIC)
     f = libvirt.HDR.unpack(raw, "<", 16)
-    yield Header(LAYER_LIBVIRT, "libvirt header", start, libvirt.HEADER_SIZE, f)
+    yield items.Header(LAYER_LIBVIRT, "libvirt header", start, libvirt.HEADER_SIZE, f)
     at = src.pos
     data = _blob(ctx, f["xml_len"], libvirt.XML_MAX, "header (libvirt XML)", LAYER_LIBVIRT)
-    yield EnvelopeData(at, LAYER_LIBVIRT, "libvirt XML", f["xml_len"], data)
+    yield items.EnvelopeData(at, LAYER_LIBVIRT, "libvirt XML", f["xml_len"], data)
     at = src.pos
     h2 = src.read_upto(8)
     if h2 == libxl.HDR_IDENT.to_bytes(8, "big"):
@@ -120,32 +113,32 @@ def read_libvirt(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
                           f"found {(h2 + more).hex(' ')}" + _hint(h2 + more),
                           what="header (libxl header)", layer=LAYER_LIBXL,
                           rule="libvirt-payload")
-    yield from read_legacy(ctx, Legacy(at, legacy.sniff(h2 + more), "libvirt", h2 + more))
+    yield from read_legacy(ctx, items.Legacy(at, legacy.sniff(h2 + more), "libvirt", h2 + more))
 
 
-def read_xend(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
+def read_xend(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
     src = ctx.src
     raw = _enter(ctx, LAYER_XEND, head, start, xend.HEADER_SIZE, xend.MAGIC, "signature")
     clen = int.from_bytes(raw[16:20], "big", signed=True)
-    yield Header(LAYER_XEND, "xend header", start, xend.HEADER_SIZE, {"config_len": clen}, ">")
+    yield items.Header(LAYER_XEND, "xend header", start, xend.HEADER_SIZE, {"config_len": clen}, ">")
     at = src.pos
     if clen > 0:
         data = _blob(ctx, clen, xend.CONFIG_MAX, "header (xend SXP config)", LAYER_XEND)
-        yield EnvelopeData(at, LAYER_XEND, "xend SXP config", clen, data)
+        yield items.EnvelopeData(at, LAYER_XEND, "xend SXP config", clen, data)
     yield from _legacy_payload(ctx, "xend")
 
 
-def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
+def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
     src = ctx.src
     st = ctx.state
     st.layers.append(LAYER_XENOPSD)
     what = "header (xenopsd signature)"
     sig = head + src.read(xenopsd.SIGNATURE_SIZE - 8, what=what, layer=LAYER_XENOPSD)
     if sig == xenopsd.MAGIC_LEGACY:
-        yield Header(LAYER_XENOPSD, "xenopsd legacy signature", start, len(sig), {})
+        yield items.Header(LAYER_XENOPSD, "xenopsd legacy signature", start, len(sig), {})
         at = src.pos
         peek = src.read_upto(16)
-        if (yield from _by_content(ctx, peek, at, Mismatch(
+        if (yield from _by_content(ctx, peek, at, items.Mismatch(
                 start, LAYER_XENOPSD, "header (xenopsd signature)", "xenopsd-signature-lie",
                 "expected a legacy stream (the XenSavedDomain signature), found a {kind}: "
                 "xenopsd would run the legacy converter on it and fail"))):
@@ -157,7 +150,7 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
         raise FormatError(start, f"expected {xenopsd.MAGIC_V2!r} or "
                           f"{xenopsd.MAGIC_LEGACY!r}, found {sig!r}", what=what,
                           layer=LAYER_XENOPSD, rule="xenopsd-signature")
-    yield Header(LAYER_XENOPSD, "xenopsd signature", start, len(sig), {})
+    yield items.Header(LAYER_XENOPSD, "xenopsd signature", start, len(sig), {})
     while True:
         at = src.pos
         raw = src.read_upto(16)
@@ -168,7 +161,7 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
                                  f"end of stream{f' after {len(raw)} bytes' if raw else ''}"
                                  ": xenopsd fails the restore")
         ftype, length = xenopsd.FRAME.unpack(raw).values()
-        frame = Frame(ctx.index, at, ftype, length, None)
+        frame = items.Frame(ctx.index, at, ftype, length, None)
         ctx.index += 1
         sized = ftype in xenopsd.SIZED or ftype not in xenopsd.FRAME_NAMES
         if sized:
@@ -189,17 +182,10 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
                      what=frame.what, layer=LAYER_XENOPSD)
         elif ftype == xenopsd.LIBXC:
             at2 = src.pos
-            h = src.read_upto(8)
-            if len(h) < 8:
-                raise TruncatedError(at2, 8, len(h), what="header (libxc image header)",
-                                     layer=LAYER_LIBXC,
-                                     message="expected the libxc stream of the Libxc frame, "
-                                     f"found end of stream after {len(h)} bytes")
-            if h != b"\xff" * 8:
-                raise FormatError(at2, "expected a libxc stream in the Libxc frame, found "
-                                  f"{h.hex(' ')}" + _hint(h + src.read_upto(8)),
-                                  what="header (libxc image header)", layer=LAYER_LIBXC,
-                                  rule="libxc-marker")
+            h = libxc_marker(ctx, "expected the libxc stream of the Libxc frame, found end of "
+                             "stream after {} bytes",
+                             lambda h: "expected a libxc stream in the Libxc frame, found "
+                             f"{h.hex(' ')}" + _hint(h + src.read_upto(8)))
             yield from read_libxc(ctx, h, at2, bare=True, final=False)
         elif ftype == xenopsd.LIBXC_LEGACY:
             yield from _legacy_payload(ctx, "xenopsd-frame")
@@ -215,12 +201,12 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
 # -- xl ---------------------------------------------------------------------------
 
 
-def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
+def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
     src = ctx.src
     raw = _enter(ctx, LAYER_XL, head, start, xl.HEADER_SIZE, xl.MAGIC)
     endian = xl.byte_order(raw[32:36]) or "<"
     fields = xl.HDR.unpack(raw, endian, 32)
-    yield Header(LAYER_XL, "xl header", start, xl.HEADER_SIZE, fields, endian)
+    yield items.Header(LAYER_XL, "xl header", start, xl.HEADER_SIZE, fields, endian)
     odl = fields["optional_data_len"]
     at = src.pos
     clen: Optional[int] = None
@@ -246,7 +232,7 @@ def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
             cfg = src.read(clen, what="header (xl optional data)", layer=LAYER_XL)
             left -= clen
         src.skip(left, what="header (xl optional data)", layer=LAYER_XL)
-    item = XlConfig(at, odl, clen, cfg)
+    item = items.XlConfig(at, odl, clen, cfg)
     item.raw = opt
     yield item
     if fields["mandatory_flags"] & xl.MANDATORY_FLAG_STREAMV2:
@@ -261,11 +247,11 @@ def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
             if guess is not None:
                 # the flag says libxl v2, the content is a legacy stream:
                 # report it and read the stream by its content
-                yield Mismatch(start + 36, LAYER_XL, "header (xl header)", "xl-streamv2-legacy",
+                yield items.Mismatch(start + 36, LAYER_XL, "header (xl header)", "xl-streamv2-legacy",
                                "expected a libxl v2 stream (mandatory flags with STREAMv2), "
                                "found a legacy stream: libxl would read it as v2 and fail "
                                "(\"Invalid ident\")")
-                yield from read_legacy(ctx, Legacy(at, guess, "xl", peek))
+                yield from read_legacy(ctx, items.Legacy(at, guess, "xl", peek))
                 return
             src.unread(peek[8:])
             raise FormatError(src.pos - 8, "expected a libxl stream (xl STREAMv2 flag set), "
@@ -276,16 +262,16 @@ def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
     else:
         at = src.pos
         peek = src.read_upto(16)
-        if (yield from _by_content(ctx, peek, at, Mismatch(
+        if (yield from _by_content(ctx, peek, at, items.Mismatch(
                 start + 36, LAYER_XL, "header (xl header)", "xl-streamv2-lie",
                 "expected a legacy stream (mandatory flags without STREAMv2), found a {kind}: "
                 "xl would run the legacy converter on it and fail"))):
             return
-        yield from read_legacy(ctx, Legacy(at, legacy.sniff(peek), "xl", peek))
+        yield from read_legacy(ctx, items.Legacy(at, legacy.sniff(peek), "xl", peek))
 
 
 def _by_content(ctx: Context, peek: bytes, at: int,
-                mismatch: Mismatch) -> Generator[Item, None, bool]:
+                mismatch: items.Mismatch) -> Generator[items.Item, None, bool]:
     """Where a header promised a legacy stream but ``peek`` starts a v2 one:
     report ``mismatch`` and parse the v2 stream.  Returns True if it did."""
     if peek[:8] == libxl.HDR_IDENT.to_bytes(8, "big"):

@@ -10,23 +10,8 @@ import struct
 from typing import List, Protocol
 
 from xenstream.errors import TruncatedError
-from xenstream.formats.legacy import (
-    CHUNK_COMPRESSED_DATA,
-    CHUNK_ENABLE_COMPRESSION,
-    CHUNK_ENABLE_VERIFY_MODE,
-    CHUNK_LAST_CHECKPOINT,
-    CHUNK_TMEM,
-    CHUNK_TMEM_EXTRA,
-    CHUNK_TOOLSTACK,
-    CHUNK_TSC_INFO,
-    CHUNK_VCPU_INFO,
-    HVM_PARAM_CHUNKS,
-    LAYER,
-    MAX_VCPU_ID,
-    TMEM_PAGE_MAX,
-    TOOLSTACK_MAX,
-    LChunk,
-)
+from xenstream.formats import legacy
+from xenstream.formats.legacy import LAYER, LChunk
 from xenstream.reading.legacy_input import LegacyInput, legacy_error
 
 
@@ -44,43 +29,43 @@ def read_chunk(inp: LegacyInput, facts: ChunkFacts, at: int, cid: int, number: i
     c = LChunk(at, cid, number)
     c._init_payload(inp.src, 0)
     what = c.what
-    if cid == CHUNK_ENABLE_VERIFY_MODE:
+    if cid == legacy.CHUNK_ENABLE_VERIFY_MODE:
         pass
-    elif cid == CHUNK_VCPU_INFO:
+    elif cid == legacy.CHUNK_VCPU_INFO:
         max_id = inp.i32(what)
-        if not 0 <= max_id <= MAX_VCPU_ID:
-            raise legacy_error(at, f"expected max_vcpu_id 0..{MAX_VCPU_ID}, found {max_id}",
+        if not 0 <= max_id <= legacy.MAX_VCPU_ID:
+            raise legacy_error(at, f"expected max_vcpu_id 0..{legacy.MAX_VCPU_ID}, found {max_id}",
                                what, "legacy-vcpu-info")
         words = struct.unpack(f"<{max_id // 64 + 1}Q",
                               inp.read(8 * (max_id // 64 + 1), what))
         c.value = max_id
         c.data = b"".join(struct.pack("<Q", w) for w in words)
         facts.vcpumap = [i for i in range(max_id + 1) if words[i // 64] >> (i % 64) & 1]
-    elif cid in HVM_PARAM_CHUNKS:
+    elif cid in legacy.HVM_PARAM_CHUNKS:
         inp.read(4, what)
         c.value = inp.u64(what)
-    elif cid == CHUNK_TSC_INFO:
+    elif cid == legacy.CHUNK_TSC_INFO:
         c.data = inp.read(20, what)
-    elif cid == CHUNK_LAST_CHECKPOINT:
+    elif cid == legacy.CHUNK_LAST_CHECKPOINT:
         facts.last_checkpoint = True
-    elif cid == CHUNK_ENABLE_COMPRESSION:
+    elif cid == legacy.CHUNK_ENABLE_COMPRESSION:
         facts.compression_enabled = True
-    elif cid == CHUNK_COMPRESSED_DATA:
+    elif cid == legacy.CHUNK_COMPRESSED_DATA:
         c.length = inp.ulong(what)
         rem = inp.src.remaining()
         if rem is not None and c.length > rem:
             raise TruncatedError(inp.pos, c.length, rem, what=what, layer=LAYER)
         c._init_payload(inp.src, c.length)
-    elif cid == CHUNK_TOOLSTACK:
+    elif cid == legacy.CHUNK_TOOLSTACK:
         length = inp.u32(what)
-        if length > TOOLSTACK_MAX:
-            raise legacy_error(at, f"expected a toolstack record of at most {TOOLSTACK_MAX} "
+        if length > legacy.TOOLSTACK_MAX:
+            raise legacy_error(at, f"expected a toolstack record of at most {legacy.TOOLSTACK_MAX} "
                                f"bytes, found {length}", what, "legacy-toolstack-size")
         c.length = length
         c.data = inp.read(length, what)
-    elif cid == CHUNK_TMEM:
+    elif cid == legacy.CHUNK_TMEM:
         c.value = _tmem(inp, what)
-    elif cid == CHUNK_TMEM_EXTRA:
+    elif cid == legacy.CHUNK_TMEM_EXTRA:
         c.value = _tmem_extra(inp, what)
     else:
         raise legacy_error(at, f"expected a page count 1..1024 or a chunk id -1..-20, found "
@@ -102,9 +87,9 @@ def _tmem(inp: LegacyInput, what: str) -> int:
         n_pages = inp.u32(what)
         inp.read(16, what)  # uuid
         psize = 1 << (((flags >> 4) & 0xF) + 12)
-        if psize > TMEM_PAGE_MAX:
+        if psize > legacy.TMEM_PAGE_MAX:
             raise legacy_error(inp.pos, f"expected a tmem page size of at most "
-                               f"{TMEM_PAGE_MAX}, found {psize}", what, "legacy-tmem")
+                               f"{legacy.TMEM_PAGE_MAX}, found {psize}", what, "legacy-tmem")
         for _ in range(n_pages):
             oid = inp.read(24, what)
             if oid == b"\xff" * 24:

@@ -44,27 +44,7 @@ from xenstream.reading.envelopes import (
     read_xenopsd,
     read_xl,
 )
-from xenstream.reading.items import (
-    LAYER_LEGACY,
-    LAYER_LIBVIRT,
-    LAYER_LIBXC,
-    LAYER_LIBXL,
-    LAYER_XEND,
-    LAYER_XENOPSD,
-    LAYER_XL,
-    EndOfInput,
-    EnvelopeData,
-    Frame,
-    Header,
-    Item,
-    Legacy,
-    Mismatch,
-    PageFilter,
-    PageRun,
-    Record,
-    StopStream,
-    XlConfig,
-)
+from xenstream.reading.items import *  # noqa: F403 - the items, re-exported (__all__)
 from xenstream.reading.legacy import LegacyOptions, LegacyParser
 from xenstream.reading.streams import read_libxc, read_libxl
 

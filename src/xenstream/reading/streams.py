@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Generator, Iterator, Optional, Tuple
+from typing import Callable, Generator, Iterator, Optional, Tuple
 
 from xenstream.errors import FormatError, LimitError, TruncatedError
 from xenstream.formats import libxc, libxl
@@ -75,20 +75,27 @@ def read_libxl(ctx: Context, head: bytes, start: int) -> Iterator[Item]:
                 return
 
 
-def _libxc_nested(ctx: Context) -> Generator[Item, None, str]:
+def libxc_marker(ctx: Context, eof_message: str, found: Callable[[bytes], str]) -> bytes:
+    """The 8 bytes of a nested libxc stream's marker, read exactly; end of
+    input (``eof_message``, given the bytes found) or another marker
+    (``found(head)``) is an error about the libxc image header."""
     src = ctx.src
     at = src.pos
     head = src.read_upto(8)
     if len(head) < 8:
         raise TruncatedError(at, 8, len(head), what="header (libxc image header)",
-                             layer=LAYER_LIBXC,
-                             message="expected the libxc stream after LIBXC_CONTEXT, found "
-                             "end of stream")
+                             layer=LAYER_LIBXC, message=eof_message.format(len(head)))
     if head != b"\xff" * 8:
-        raise FormatError(at, "expected the libxc image header marker ff ff ff ff ff ff ff "
-                          f"ff after LIBXC_CONTEXT, found {head.hex(' ')}",
-                          what="header (libxc image header)", layer=LAYER_LIBXC,
-                          rule="libxc-marker")
+        raise FormatError(at, found(head), what="header (libxc image header)",
+                          layer=LAYER_LIBXC, rule="libxc-marker")
+    return head
+
+
+def _libxc_nested(ctx: Context) -> Generator[Item, None, str]:
+    at = ctx.src.pos
+    head = libxc_marker(ctx, "expected the libxc stream after LIBXC_CONTEXT, found end of stream",
+                        lambda h: "expected the libxc image header marker ff ff ff ff ff ff ff "
+                        f"ff after LIBXC_CONTEXT, found {h.hex(' ')}")
     return (yield from read_libxc(ctx, head, at, bare=False))
 
 

@@ -160,43 +160,44 @@ class Sink:
             ways.append("cfr")
         if self._sendfile_ok:
             ways.append("sendfile")
+        end = src.pos + left
         for way in ways:
             try:
-                while left:
-                    n = min(left, 1 << 30)
-                    if way == "cfr":
-                        w = os.copy_file_range(src.fd, fd, n, src.pos)
-                    else:
-                        w = os.sendfile(fd, src.fd, src.pos, n)
-                    if w <= 0:
-                        break
-                    src.pos += w
-                    self.pos += w
-                    left -= w
-                    self.kernel_copies += 1
-                return left
+                if way == "cfr":
+                    return self._kernel_loop(src, left, 1 << 30, lambda n: os.copy_file_range(
+                        src.fd, fd, n, src.pos))
+                return self._kernel_loop(src, left, 1 << 30,
+                                         lambda n: os.sendfile(fd, src.fd, src.pos, n))
             except OSError:
+                left = end - src.pos
                 if way == "cfr":
                     self._cfr_ok = False
                 else:
                     self._sendfile_ok = False
         return left
 
+    def _kernel_loop(self, src: Source, left: int, step: int, move: Callable[[int], int]) -> int:
+        """``move(n)`` (the kernel moves up to ``n`` bytes at ``src.pos``) until
+        ``left`` bytes are done or it moves none; returns what is left."""
+        while left:
+            w = move(min(left, step))
+            if w <= 0:
+                break
+            src.pos += w
+            self.pos += w
+            left -= w
+            self.kernel_copies += 1
+        return left
+
     def _splice(self, src: Source, left: int) -> int:
         assert self.fd is not None
         splice = os.splice  # type: ignore[attr-defined]
+        out = self.fd
+        end = src.pos + left
         try:
-            while left:
-                w = splice(src.fd, self.fd, min(left, 1 << 20))
-                if w <= 0:
-                    break
-                src.pos += w
-                self.pos += w
-                left -= w
-                self.kernel_copies += 1
+            return self._kernel_loop(src, left, 1 << 20, lambda n: splice(src.fd, out, n))
         except OSError:
-            pass
-        return left
+            return end - src.pos
 
 
 class Staging:
