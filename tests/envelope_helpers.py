@@ -222,16 +222,22 @@ def check(tmp_path: Path, data: bytes, **kw: Any) -> Result:
         return verify(src, **kw)
 
 
+#: the finding at a legacy payload's start: converted by the container's
+#: toolstack, unconverted (bare, xend), rejected (the drop-in), or no legacy shape
+LEGACY_MARKER_RULES = {"legacy-stream", "legacy-stream-unconverted", "legacy-stream-rejected",
+                       "legacy-unrecognised"}
+
+
 def envelope_findings(res: Result) -> List[Finding]:
     """The findings, less those from inside a legacy payload's body.
 
     The hand-made legacy payloads here are only their first bytes (what the
     envelopes and the detection look at) followed by filler; a parser that
     follows legacy streams rightly reports on the filler.  Those findings are
-    on layer "legacy" past the payload's start, where the "legacy-stream"
-    finding is.  Tests of real legacy streams (legacy_body/legacy_image) look
-    at ``res.findings`` whole."""
-    starts = [f.offset for f in res.findings if f.rule == "legacy-stream"]
+    on layer "legacy" past the payload's start, where the legacy-stream
+    finding (one of :data:`LEGACY_MARKER_RULES`) is.  Tests of real legacy
+    streams (legacy_body/legacy_image) look at ``res.findings`` whole."""
+    starts = [f.offset for f in res.findings if f.rule in LEGACY_MARKER_RULES]
     if not starts:
         return list(res.findings)
     at = starts[0]

@@ -928,8 +928,12 @@ def test_verify_sound_legacy(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
     assert doc["valid"] is True
     assert not [f for f in doc["findings"] if f["severity"] == "error"]
-    assert any(f["rule"] == "legacy-stream" and f["severity"] == "warning"
-               for f in doc["findings"])
+    # libxl (xl, libvirt) and xenopsd convert by themselves (toolstack); nothing current
+    # converts a bare or xend image on restore (spec §Legacy Images)
+    want = ("legacy-stream-unconverted", "docs/specs/") if envelope in ("bare", "xend") else (
+        "legacy-stream", "tools/libs/light/")
+    assert any(f["rule"] == want[0] and f["severity"] == "warning"
+               and f["source"].startswith(want[1]) for f in doc["findings"]), doc["findings"]
 
 
 def test_verify_legacy_tmem_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from envelope_helpers import (
     LEGACY_DETAIL_KEYS,
+    LEGACY_MARKER_RULES,
     QEMU,
     build,
     check,
@@ -55,7 +56,7 @@ from envelope_helpers import (
 )
 from xenstream.consumers.report import chain, verdict
 from xenstream.consumers.verify import Result, verify
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.findings import CONVENTION, ERROR, RESTORE, SPEC, TOOLSTACK, WARNING
 from xenstream.formats import libvirt, xend, xenopsd
 from xenstream.io import Source
 from xenstream.reading.parser import FORMAT_NAMES, EnvelopeData, Frame, Header, Legacy
@@ -155,13 +156,14 @@ def test_hand_xend_header_decoded(tmp_path: Path) -> None:
     assert lg.guess is not None and (lg.guess.width, lg.guess.guest) == (4, "pv")
     # the body is a 16-byte stub: the drop-in's view (detect, do not read on)
     res = check(tmp_path, raw + body, reject_legacy=True)
-    assert [(f.rule, f.severity) for f in res.findings] == [("legacy-stream", ERROR)]
+    assert [(f.rule, f.severity) for f in res.findings] == [("legacy-stream-rejected", ERROR)]
     assert res.summary["xend"] == {"config_len": len(sxp), "name": "hand made",
                                    "guest_type": "pv"}
     assert res.summary["legacy"] == {"container": "xend", "width": 32, "guest_type": "pv"}
     # the same hand-made header before a real 32-bit PV legacy stream
     real = check(tmp_path, raw + legacy_body("pv", 4, producer="xend"))
-    assert [(f.rule, f.severity) for f in real.findings] == [("legacy-stream", WARNING)]
+    assert [(f.rule, f.severity) for f in real.findings] == [
+        ("legacy-stream-unconverted", WARNING)]
     assert real.valid and real.summary["legacy"]["p2m_size"] == 8
 
 
@@ -172,7 +174,7 @@ def test_hand_xend_length_written_little_endian(tmp_path: Path) -> None:
     raw = b"LinuxGuestRecord" + struct.pack("<i", len(sxp)) + sxp + legacy_pv64()
     res = check(tmp_path, raw)
     f = find(res, "xend-config-length")
-    assert (f.severity, f.layer, f.offset, f.authority) == (ERROR, "xend", 0, RESTORE)
+    assert (f.severity, f.layer, f.offset, f.authority) == (ERROR, "xend", 0, TOOLSTACK)
     as_read = struct.unpack(">i", struct.pack("<i", len(sxp)))[0]
     assert as_read < 0 and str(as_read) in f.message
 
@@ -219,15 +221,15 @@ def test_hand_xenopsd_legacy_signature(tmp_path: Path) -> None:
     assert lg.guess is not None and (lg.guess.width, lg.guess.guest) == (4, "hvm")
     # a stub body: the drop-in rejects it at the marker without reading on
     res = check(tmp_path, raw, reject_legacy=True)
-    f = only(res, "legacy-stream")
-    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (RESTORE, False, 15, "legacy")
+    f = only(res, "legacy-stream-rejected")
+    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (SPEC, False, 15, "legacy")
     assert f.message.startswith("legacy stream: convert it")
     assert res.summary["legacy"] == {"container": "xenopsd", "width": 32, "guest_type": "hvm"}
     assert res.summary["xenopsd"]["format"] == "legacy"
     # the hand-made signature before a real XenServer legacy stream: followed, valid
     real = check(tmp_path, XENOPSD_LEGACY + legacy_body("hvm", 4, 8, producer="xenopsd"))
     f = only(real, "legacy-stream", WARNING)
-    assert (f.authority, f.offset, f.layer) == (RESTORE, 15, "legacy")
+    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (TOOLSTACK, True, 15, "legacy")
     assert f.message.startswith("legacy image (")
     assert real.valid and real.summary["legacy"]["qemu_record"] == "xenserver"
 
@@ -254,7 +256,7 @@ def test_libvirt_version1_before_libxl_stream_inner_still_checked(tmp_path: Path
     res = check(tmp_path, libvirt_image(payload=libxl_with_errors(), version=1))
     assert rules(res) == sorted([("libvirt-version-lie", ERROR), TSC])
     f = find(res, "libvirt-version-lie")
-    assert (f.authority, f.restore_tolerates) == (RESTORE, False)
+    assert (f.authority, f.restore_tolerates) == (TOOLSTACK, False)
     assert f.layer == "libvirt", "a finding about the libvirt header's version field"
     assert res.layers == ["libvirt", "libxl", "libxc"]
     assert chain(res) == "libvirt (v1, XML) -> libxl v2 -> libxc v3"
@@ -269,7 +271,7 @@ def test_libvirt_version2_before_legacy_stream(tmp_path: Path, guest: str, width
     assert not res.valid
     f = find(res, "libvirt-version-lie")
     assert (f.layer, f.offset, f.what, f.authority) == (
-        "libvirt", 16, "header (libvirt header)", RESTORE)
+        "libvirt", 16, "header (libvirt header)", TOOLSTACK)
     assert res.layers == ["libvirt", "legacy"]
     lg = res.summary["legacy"]
     assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
@@ -279,7 +281,7 @@ def test_libvirt_version2_before_legacy_stream(tmp_path: Path, guest: str, width
     # the drop-in: the same version lie, and the legacy stream is an error
     drop = check(tmp_path, libvirt_image(guest, payload=body, version=2), reject_legacy=True)
     assert sorted((f.rule, f.severity) for f in drop.findings) == [
-        ("legacy-stream", ERROR), ("libvirt-version-lie", ERROR)]
+        ("legacy-stream-rejected", ERROR), ("libvirt-version-lie", ERROR)]
 
 
 def test_libvirt_version1_before_legacy_stream_is_only_legacy(tmp_path: Path) -> None:
@@ -293,17 +295,19 @@ def test_libvirt_version1_before_legacy_stream_is_only_legacy(tmp_path: Path) ->
     assert res.summary["legacy"]["guest_width"] == 32
     # the drop-in rejects it, at the same place
     drop = check(tmp_path, data, reject_legacy=True)
-    d = only(drop, "legacy-stream")
+    d = only(drop, "legacy-stream-rejected")
     assert d.offset == f.offset and "after the libvirt header" in d.message
     assert d.message.startswith("legacy stream: convert it") and not drop.valid
 
 
-@pytest.mark.parametrize("version,authority,tolerated", [
-    (0, SPEC, True), (3, RESTORE, False), (0xFFFFFFFF, RESTORE, False)])
-def test_libvirt_bad_version(tmp_path: Path, version: int, authority: str,
-                             tolerated: bool) -> None:
+@pytest.mark.parametrize("version,rule,severity,authority,tolerated", [
+    (0, "libvirt-version-zero", WARNING, CONVENTION, True),
+    (3, "libvirt-version", ERROR, TOOLSTACK, False),
+    (0xFFFFFFFF, "libvirt-version", ERROR, TOOLSTACK, False)])
+def test_libvirt_bad_version(tmp_path: Path, version: int, rule: str, severity: str,
+                             authority: str, tolerated: bool) -> None:
     res = check(tmp_path, libvirt_image(version=version))
-    f = only(res, "libvirt-version")
+    f = only(res, rule, severity)
     assert (f.authority, f.restore_tolerates, f.layer, f.offset) == (
         authority, tolerated, "libvirt", 0)
     assert str(version) in f.message
@@ -312,13 +316,13 @@ def test_libvirt_bad_version(tmp_path: Path, version: int, authority: str,
 
 def test_libvirt_version0_lenient_is_warning(tmp_path: Path) -> None:
     res = check(tmp_path, libvirt_image(version=0), lenient=True)
-    assert res.valid and rules(res) == [("libvirt-version", WARNING)]
+    assert res.valid and rules(res) == [("libvirt-version-zero", WARNING)]
 
 
 def test_libvirt_xml_len_zero(tmp_path: Path) -> None:
     res = check(tmp_path, libvirt_image(xml_len=0))
     f = find(res, "libvirt-xml-length")
-    assert (f.severity, f.authority, f.restore_tolerates, f.offset) == (ERROR, RESTORE, False, 0)
+    assert (f.severity, f.authority, f.restore_tolerates, f.offset) == (ERROR, TOOLSTACK, False, 0)
     # the XML is then where the stream should be
     p = find(res, "libvirt-payload")
     assert p.severity == ERROR and p.offset == 64
@@ -337,13 +341,13 @@ def test_libvirt_xml_len_beyond_file(tmp_path: Path) -> None:
 def test_libvirt_xml_without_nul(tmp_path: Path) -> None:
     f = only(check(tmp_path, libvirt_image(nul=False)), "libvirt-xml-nul")
     assert (f.layer, f.offset, f.authority, f.restore_tolerates) == (
-        "libvirt", 64, RESTORE, False)
+        "libvirt", 64, TOOLSTACK, False)
 
 
 def test_libvirt_xml_with_inner_nul(tmp_path: Path) -> None:
     xml = default_libvirt_xml(spec()) + "\0junk"
-    f = only(check(tmp_path, libvirt_image(xml=xml)), "libvirt-xml-nul")
-    assert f.authority == SPEC and f.restore_tolerates
+    f = only(check(tmp_path, libvirt_image(xml=xml)), "libvirt-xml-nul-inner", WARNING)
+    assert f.authority == CONVENTION and f.restore_tolerates
 
 
 @pytest.mark.parametrize("xml,word", [
@@ -356,7 +360,7 @@ def test_libvirt_xml_malformed_or_wrong_root(tmp_path: Path, xml: str, word: str
     res = check(tmp_path, libvirt_image(xml=xml))
     f = only(res, "libvirt-xml")
     assert (f.layer, f.offset, f.authority, f.restore_tolerates) == (
-        "libvirt", 64, RESTORE, False)
+        "libvirt", 64, TOOLSTACK, False)
     assert word in f.message
     assert res.layers == ["libvirt", "libxl", "libxc"]
 
@@ -365,8 +369,8 @@ def test_libvirt_xml_malformed_or_wrong_root(tmp_path: Path, xml: str, word: str
 def test_libvirt_unused_word_nonzero(tmp_path: Path, word: int) -> None:
     unused = [0] * 10
     unused[word] = 0x80000000 >> word
-    f = only(check(tmp_path, libvirt_image(unused=unused)), "libvirt-reserved")
-    assert f"unused{word}" in f.message and f.authority == SPEC and f.restore_tolerates
+    f = only(check(tmp_path, libvirt_image(unused=unused)), "libvirt-reserved", WARNING)
+    assert f"unused{word}" in f.message and f.authority == CONVENTION and f.restore_tolerates
     assert f.layer == "libvirt" and f.offset == 0
 
 
@@ -380,7 +384,7 @@ def test_libvirt_magic_byte_flipped(tmp_path: Path, pos: int) -> None:
         assert f.authority == SPEC and f.offset == 0
     else:
         f = only(res, "libvirt-magic")
-        assert (f.layer, f.offset, f.authority) == ("libvirt", 0, RESTORE)
+        assert (f.layer, f.offset, f.authority) == ("libvirt", 0, TOOLSTACK)
 
 
 @pytest.mark.parametrize("xml_guest,stream_guest", [("hvm", "pv"), ("pv", "hvm")])
@@ -397,7 +401,10 @@ def test_libvirt_os_type_contradicts_legacy_stream(tmp_path: Path) -> None:
     xml = default_libvirt_xml(spec("hvm"))
     res = check(tmp_path, libvirt_image("hvm", xml=xml, payload=legacy_body("pv"), version=1))
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("guest-type-mismatch", ERROR), ("legacy-stream", WARNING)], described(res)
+        ("legacy-guest-type", ERROR), ("legacy-stream", WARNING)], described(res)
+    f = find(res, "legacy-guest-type")
+    assert (f.authority, f.restore_tolerates, f.layer) == (TOOLSTACK, False, "legacy")
+    assert "libvirt XML" in f.message
     assert res.summary["guest_type"] == "pv"  # from the legacy header
 
 
@@ -479,7 +486,7 @@ def test_xenopsd_qemu_trad_over_1mib(tmp_path: Path) -> None:
     data = xenopsd_image(xenops_frames("hvm", qemu=big))
     res = check(tmp_path, data)
     f = only(res, "xenopsd-qemu-size")
-    assert (f.authority, f.restore_tolerates, f.layer) == (RESTORE, False, "xenopsd")
+    assert (f.authority, f.restore_tolerates, f.layer) == (TOOLSTACK, False, "xenopsd")
     assert f.offset == frame_offsets(tmp_path, data)["Qemu_trad"][0]
     assert "1048577" in f.message
     # the frame that holds the error is named in the finding's record fields
@@ -491,7 +498,7 @@ def test_xenopsd_qemu_trad_over_1mib(tmp_path: Path) -> None:
 def test_xenopsd_qemu_trad_without_qevm(tmp_path: Path) -> None:
     res = check(tmp_path, xenopsd_image(xenops_frames("hvm", qemu=b"XXXX" + bytes(60))))
     f = only(res, "xenopsd-qemu-magic", WARNING)
-    assert f.authority == SPEC and f.restore_tolerates and "XXXX" in f.message
+    assert f.authority == CONVENTION and f.restore_tolerates and "XXXX" in f.message
     assert res.valid
 
 
@@ -507,7 +514,7 @@ def test_xenopsd_unknown_frame_type_rest_still_checked(tmp_path: Path) -> None:
     assert rules(res) == sorted([TSC, ("xenopsd-frame-type", ERROR),
                                  ("xenopsd-qemu-magic", WARNING)])
     f = find(res, "xenopsd-frame-type")
-    assert f.authority == RESTORE and "0x1234" in f.message
+    assert f.authority == TOOLSTACK and "0x1234" in f.message
     assert res.end_offset == len(data)
     assert res.summary["xenopsd"]["frames"][-1] == "End_of_image"
 
@@ -517,7 +524,7 @@ def test_xenopsd_unknown_frame_type_rest_still_checked(tmp_path: Path) -> None:
 def test_xenopsd_refused_frame_types(tmp_path: Path, ftype: int, name: str) -> None:
     res = check(tmp_path, xenopsd_image(xenops_frames("hvm", between=[(ftype, b"QEVM1234")])))
     f = only(res, "xenopsd-frame-unsupported")
-    assert f.authority == RESTORE and not f.restore_tolerates and name in f.message
+    assert f.authority == TOOLSTACK and not f.restore_tolerates and name in f.message
     assert name in res.summary["xenopsd"]["frames"]
 
 
@@ -526,7 +533,7 @@ def test_xenopsd_libxc_frame_nonzero_length(tmp_path: Path) -> None:
         raw_frame(xenopsd.LIBXC, b"", 99) + libxc_stream("pv") + raw_frame(0xFFFF, b"")
     res = check(tmp_path, data)
     f = only(res, "xenopsd-frame-length", WARNING)
-    assert f.authority == SPEC and "99" in f.message
+    assert f.authority == CONVENTION and "99" in f.message
     assert res.end_offset == len(data)
 
 
@@ -548,7 +555,7 @@ def test_xenopsd_no_libxc_frame(tmp_path: Path) -> None:
     data = xenopsd_image([(xenopsd.XENOPS, xenops_metadata()), (xenopsd.QEMU_TRAD, QEMU),
                           (xenopsd.END_OF_IMAGE, b"")])
     f = only(check(tmp_path, data), "xenopsd-no-memory")
-    assert f.authority == RESTORE and f.layer == "xenopsd"
+    assert f.authority == TOOLSTACK and f.layer == "xenopsd"
 
 
 @pytest.mark.parametrize("meta,rule,severity,word", [
@@ -556,8 +563,8 @@ def test_xenopsd_no_libxc_frame(tmp_path: Path) -> None:
     (b"(time x)(word_size 64)", "xenopsd-metadata", ERROR, ""),
     (b"((word_size 64)(xs_subtree()))", "xenopsd-metadata", ERROR, "time"),
     (b"((time 20260821T02:00:23Z)(xs_subtree()))", "xenopsd-metadata", ERROR, "word_size"),
-    (xenops_metadata(word_size=16), "xenopsd-metadata", ERROR, "16"),
-    (xenops_metadata(extra="(shiny_new_field 1)"), "xenopsd-metadata-fields", WARNING,
+    (xenops_metadata(word_size=16), "xenopsd-word-size", WARNING, "16"),
+    (xenops_metadata(extra="(shiny_new_field 1)"), "xenopsd-metadata-fields", ERROR,
      "shiny_new_field"),
 ])
 def test_xenopsd_metadata_problems(tmp_path: Path, meta: bytes, rule: str, severity: str,
@@ -580,7 +587,7 @@ def test_xenopsd_xenops_not_first(tmp_path: Path) -> None:
     fr = xenops_frames("pv")
     data = xenopsd_image([fr[1], fr[0], fr[2]])
     res = check(tmp_path, data)
-    f = only(res, "xenopsd-frame-order")
+    f = only(res, "xenopsd-frame-order", WARNING)
     assert f.offset == frame_offsets(tmp_path, data)["Xenops"][0]
 
 
@@ -596,8 +603,8 @@ def test_xenopsd_repeated_frame(tmp_path: Path) -> None:
 def test_xenopsd_demu_frame_stops_checking(tmp_path: Path) -> None:
     data = xenopsd_image(xenops_frames("hvm", between=[(xenopsd.DEMU, b"private vgpu state")]))
     res = check(tmp_path, data)
-    f = only(res, "xenopsd-demu")
-    assert f.layer == "xenopsd" and f.authority == SPEC and "Demu" in f.message
+    f = only(res, "xenopsd-demu", WARNING)
+    assert f.layer == "xenopsd" and f.authority == CONVENTION and "Demu" in f.message
     assert f.offset == frame_offsets(tmp_path, data)["Demu"][0]
 
 
@@ -626,7 +633,7 @@ def test_xenopsd_libxc_legacy_frame(tmp_path: Path) -> None:
     assert chain(res) == ("xenopsd v2 frames (Xenops metadata, Libxc_legacy record, end) -> "
                           "legacy (32-bit toolstack, PV)")
     drop = check(tmp_path, data, reject_legacy=True)
-    d = only(drop, "legacy-stream")
+    d = only(drop, "legacy-stream-rejected")
     assert d.offset == at and d.message.startswith("legacy stream: convert it")
     assert chain(drop) == ("xenopsd v2 frames (Xenops metadata, Libxc_legacy record) -> "
                            "legacy (32-bit toolstack, PV)")
@@ -657,7 +664,7 @@ def test_xenopsd_legacy_image(tmp_path: Path, guest: str, width: int, live: bool
     res = check(tmp_path, data)
     f = only(res, "legacy-stream", WARNING)
     assert "XenServer" in f.message and f.message.startswith("legacy image (")
-    assert (f.offset, f.layer, f.authority) == (15, "legacy", RESTORE)
+    assert (f.offset, f.layer, f.authority) == (15, "legacy", TOOLSTACK)
     assert res.valid
     lg = res.summary["legacy"]
     assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
@@ -668,7 +675,7 @@ def test_xenopsd_legacy_image(tmp_path: Path, guest: str, width: int, live: bool
     assert res.layers == ["xenopsd", "legacy"]
     w = width * 8
     assert chain(res) == f"xenopsd legacy image -> legacy ({w}-bit toolstack, {guest.upper()})"
-    drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream")
+    drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream-rejected")
     assert "XenServer" in drop.message and drop.message.startswith("legacy stream: convert it")
 
 
@@ -677,7 +684,7 @@ def test_xenopsd_legacy_signature_before_v2_stream(tmp_path: Path) -> None:
     stream (8 x 0xFF: not legacy, by the spec's marker rule) follows: an
     error, and the stream is still checked by its content."""
     res = check(tmp_path, xenopsd.MAGIC_LEGACY + libxc_with_errors("hvm"))
-    assert "legacy-stream" not in {f.rule for f in res.findings}, described(res)
+    assert not LEGACY_MARKER_RULES & {f.rule for f in res.findings}, described(res)
     assert "libxc" in res.layers
     assert TSC in rules(res)
     assert any(f.layer == "xenopsd" and f.severity == ERROR for f in res.findings), \
@@ -787,7 +794,7 @@ def test_xend_image(tmp_path: Path, guest: str, width: int) -> None:
     data = xend_image(guest, payload=legacy_body(guest, width, gw, producer="xend"))
     assert data == legacy_image("xend", guest, width, guest_width=gw)  # the writer agrees
     res = check(tmp_path, data)
-    f = only(res, "legacy-stream", WARNING)
+    f = only(res, "legacy-stream-unconverted", WARNING)
     assert "after the xend header" in f.message and f.message.startswith("legacy image (")
     assert res.valid
     assert res.layers == ["xend", "legacy"]
@@ -798,7 +805,7 @@ def test_xend_image(tmp_path: Path, guest: str, width: int) -> None:
         "container": "xend", "width": width * 8, "guest_type": guest}
     assert lg["qemu_record"] == ("xend" if guest == "hvm" else None)
     assert chain(res) == f"xend (SXP config) -> legacy ({width * 8}-bit toolstack, {guest.upper()})"
-    drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream")
+    drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream-rejected")
     assert drop.offset == f.offset and drop.message.startswith("legacy stream: convert it")
 
 
@@ -806,7 +813,7 @@ def test_xend_hvm_by_boot_child(tmp_path: Path) -> None:
     sxp = "(domain (name odd) (image (ioemu (boot c) (kernel ''))))"
     res = check(tmp_path, xend_image("hvm", sxp=sxp))
     assert res.summary["xend"]["guest_type"] == "hvm"
-    only(res, "legacy-stream", WARNING)  # no guest-type-mismatch with the HVM stream
+    only(res, "legacy-stream-unconverted", WARNING)  # no legacy-guest-type with the HVM stream
     assert res.valid
 
 
@@ -816,8 +823,8 @@ def test_xend_guest_type_mismatch(tmp_path: Path, sxp_guest: str, stream_guest: 
     sxp = default_xend_sxp(spec(sxp_guest))
     res = check(tmp_path, xend_image(stream_guest, sxp=sxp))
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("guest-type-mismatch", ERROR), ("legacy-stream", WARNING)], described(res)
-    assert "xend config" in find(res, "guest-type-mismatch").message
+        ("legacy-guest-type", ERROR), ("legacy-stream-unconverted", WARNING)], described(res)
+    assert "xend config" in find(res, "legacy-guest-type").message
     assert res.summary["guest_type"] == stream_guest
 
 
@@ -828,16 +835,16 @@ def test_xend_sxp_malformed(tmp_path: Path, sxp: str) -> None:
     res = check(tmp_path, xend_image("pv", sxp=sxp, payload=body) if sxp else
                 b"LinuxGuestRecord" + struct.pack(">i", 1) + b" " + body)
     f = find(res, "xend-config-sxp")
-    assert (f.severity, f.layer, f.offset, f.authority) == (ERROR, "xend", 20, RESTORE)
+    assert (f.severity, f.layer, f.offset, f.authority) == (ERROR, "xend", 20, TOOLSTACK)
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("legacy-stream", WARNING), ("xend-config-sxp", ERROR)], described(res)
+        ("legacy-stream-unconverted", WARNING), ("xend-config-sxp", ERROR)], described(res)
 
 
 @pytest.mark.parametrize("clen", [0, -1, -0x80000000])
 def test_xend_config_length_not_positive(tmp_path: Path, clen: int) -> None:
     res = check(tmp_path, xend_image(config_len=clen))
     f = find(res, "xend-config-length")
-    assert (f.severity, f.layer, f.offset, f.authority) == (ERROR, "xend", 0, RESTORE)
+    assert (f.severity, f.layer, f.offset, f.authority) == (ERROR, "xend", 0, TOOLSTACK)
     assert str(clen) in f.message
 
 
@@ -852,7 +859,7 @@ def test_xend_config_with_nul_warns(tmp_path: Path) -> None:
     sxp = default_xend_sxp(spec("pv")) + "\0"
     res = check(tmp_path, xend_image("pv", sxp=sxp))
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("legacy-stream", WARNING), ("xend-config-nul", WARNING)], described(res)
+        ("legacy-stream-unconverted", WARNING), ("xend-config-nul", WARNING)], described(res)
     assert res.valid
 
 
@@ -888,8 +895,8 @@ def test_bare_legacy_detected(tmp_path: Path, body: bytes, width: int, guest: st
     """Detection from the first 16 bytes (hand-made, the spec's table), as
     the drop-in sees them: rejected at the marker, nothing after it read."""
     res = check(tmp_path, body, reject_legacy=True)
-    f = only(res, "legacy-stream")
-    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (RESTORE, False, 0, "legacy")
+    f = only(res, "legacy-stream-rejected")
+    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (SPEC, False, 0, "legacy")
     assert f.message.startswith("legacy stream: convert it")
     assert f"{width}-bit toolstack" in f.message and guest.upper() in f.message
     assert f"{p2m:#x}" in f.message
@@ -909,8 +916,8 @@ def test_bare_legacy_real_stream(tmp_path: Path, guest: str, width: int, gw: int
     detected, followed to its end, a warning only."""
     data = legacy_body(guest, width, gw, live=live)
     res = check(tmp_path, data)
-    f = only(res, "legacy-stream", WARNING)
-    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (RESTORE, False, 0, "legacy")
+    f = only(res, "legacy-stream-unconverted", WARNING)
+    assert (f.authority, f.restore_tolerates, f.offset, f.layer) == (SPEC, False, 0, "legacy")
     assert f.message.startswith("legacy image (")
     assert "Xen >= 4.6 restores it only after conversion" in f.message
     assert f"{width * 8}-bit toolstack" in f.message and guest.upper() in f.message
@@ -942,8 +949,12 @@ def test_cli_verify_sound_legacy_image_warns(tmp_path: Path) -> None:
     assert lines[1].startswith(f"{p}: valid, 1 warning: legacy (32-bit toolstack, HVM)")
     assert "error" not in out.stdout.lower()
     doc = json.loads(run([XENSTREAM, "verify", "--json", str(p)], expect=0).stdout)
-    assert doc["valid"] is True
-    assert [(f["rule"], f["severity"]) for f in doc["findings"]] == [("legacy-stream", "warning")]
+    assert doc["valid"] is True and doc["schema_version"] == 2
+    assert [(f["rule"], f["severity"]) for f in doc["findings"]] == [
+        ("legacy-stream-unconverted", "warning")]
+    (jf,) = doc["findings"]
+    assert (jf["authority"], jf["restore_tolerates"]) == ("spec", False)
+    assert jf["source"].startswith("docs/specs/libxc-migration-stream.pandoc")
     import jsonschema
 
     jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
@@ -967,7 +978,7 @@ def test_legacy_bad_page_type(tmp_path: Path) -> None:
     struct.pack_into("<Q", data, 36, (5 << 28) | 0)
     res = check(tmp_path, bytes(data))
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("legacy-page-type", ERROR), ("legacy-stream", WARNING)], described(res)
+        ("legacy-page-type", ERROR), ("legacy-stream-unconverted", WARNING)], described(res)
     f = next(f for f in res.findings if f.rule == "legacy-page-type")
     assert (f.layer, f.offset, f.authority, f.restore_tolerates) == ("legacy", 32, RESTORE, False)
     assert "0x5" in f.message
@@ -978,9 +989,9 @@ def test_legacy_bad_page_type(tmp_path: Path) -> None:
 def test_legacy_tmem(tmp_path: Path, guest: str) -> None:
     res = check(tmp_path, legacy_body(guest, tmem=True))
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("legacy-stream", WARNING), ("legacy-tmem", ERROR)], described(res)
+        ("legacy-stream-unconverted", WARNING), ("legacy-tmem", ERROR)], described(res)
     f = next(f for f in res.findings if f.rule == "legacy-tmem")
-    assert (f.layer, f.authority, f.restore_tolerates) == ("legacy", RESTORE, False)
+    assert (f.layer, f.authority, f.restore_tolerates) == ("legacy", TOOLSTACK, False)
     assert "tmem" in f.message and not res.valid
 
 
@@ -989,14 +1000,14 @@ def test_legacy_remus_truncated_in_last_checkpoint(tmp_path: Path, guest: str) -
     """Cut inside checkpoint 3 of 3: a restore fails over to checkpoint 2."""
     res = check(tmp_path, legacy_body(guest, checkpoints=3, truncate_in_checkpoint=3))
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("legacy-checkpoint-eof", WARNING), ("legacy-stream", WARNING)], described(res)
+        ("legacy-checkpoint-eof", WARNING), ("legacy-stream-unconverted", WARNING)], described(res)
     f = next(f for f in res.findings if f.rule == "legacy-checkpoint-eof")
     assert (f.layer, f.authority, f.restore_tolerates) == ("legacy", RESTORE, True)
     assert "checkpoint 3" in f.message and "checkpoint 2" in f.message
     assert res.valid
     assert res.summary["legacy"]["checkpoints"] == 2
     whole = check(tmp_path, legacy_body(guest, checkpoints=3))
-    assert [(f.rule, f.severity) for f in whole.findings] == [("legacy-stream", WARNING)]
+    assert [(f.rule, f.severity) for f in whole.findings] == [("legacy-stream-unconverted", WARNING)]
     assert whole.summary["legacy"]["checkpoints"] == 3
 
 
@@ -1006,7 +1017,7 @@ def test_legacy_remus_truncated_in_first_checkpoint(tmp_path: Path, guest: str) 
     data = legacy_body(guest, checkpoints=3, truncate_in_checkpoint=1)
     res = check(tmp_path, data)
     assert sorted((f.rule, f.severity) for f in res.findings) == [
-        ("legacy-stream", WARNING), ("truncated", ERROR)], described(res)
+        ("legacy-stream-unconverted", WARNING), ("truncated", ERROR)], described(res)
     f = next(f for f in res.findings if f.rule == "truncated")
     assert (f.layer, f.authority, f.restore_tolerates) == ("legacy", RESTORE, False)
     assert f.offset < len(data)
@@ -1150,7 +1161,7 @@ def test_forced_xenopsd_accepts_legacy_signature(tmp_path: Path) -> None:
     only(res, "legacy-stream", WARNING)
     assert res.valid and res.layers == ["xenopsd", "legacy"]
     drop = check(tmp_path, data, format="xenopsd", reject_legacy=True)
-    only(drop, "legacy-stream", ERROR)
+    only(drop, "legacy-stream-rejected", ERROR)
 
 
 def test_forced_legacy_on_enveloped_legacy_is_mismatch(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.findings import CONVENTION, ERROR, RESTORE, WARNING
 from xenstream.formats import hvm
 
 MAGIC = 0x54381286
@@ -272,7 +272,7 @@ def test_header_magic_and_version() -> None:
 
 def test_header_instance_tolerated() -> None:
     p = only(header(instance=1) + END_BYTES)
-    assert (p.rule, p.authority, p.tolerated) == ("hvm-instance", SPEC, True)
+    assert (p.rule, p.authority, p.tolerated) == ("hvm-instance-nonzero", CONVENTION, True)
 
 
 # -- typecodes, lengths, overruns -------------------------------------------------------
@@ -300,14 +300,14 @@ def test_zero_extend_lengths() -> None:
     p = only(blob(entry(5, 0, lapic + bytes(16))))
     assert (p.rule, p.authority, p.tolerated) == ("hvm-entry-length", RESTORE, False)
     p = only(blob(entry(5, 0, lapic[:16])))
-    assert (p.rule, p.authority, p.tolerated) == ("hvm-entry-length", SPEC, True)
+    assert (p.rule, p.authority, p.tolerated) == ("hvm-entry-length-unusual", CONVENTION, True)
 
 
 def test_cpu_lengths() -> None:
     for n in (1016, 1024, 1032):
         assert problems(blob(entry(2, 0, cpu_body(n)))) == [], n
     p = only(blob(entry(2, 0, cpu_body(1020))))
-    assert (p.rule, p.authority, p.tolerated) == ("hvm-entry-length", SPEC, True)
+    assert (p.rule, p.authority, p.tolerated) == ("hvm-entry-length-unusual", CONVENTION, True)
     p = only(blob(entry(2, 0, cpu_body(1040))))
     assert (p.rule, p.authority, p.tolerated) == ("hvm-entry-length", RESTORE, False)
 
@@ -318,7 +318,7 @@ def test_entry_overrun() -> None:
     assert (p.rule, p.severity, p.authority, p.offset) == ("hvm-entry-overrun", ERROR, RESTORE, 32)
     # a partial descriptor where END should be
     p = only(blob(end=b"\x00\x00\x00"))
-    assert (p.rule, p.offset) == ("hvm-entry-overrun", 32)
+    assert (p.rule, p.offset) == ("hvm-end-missing", 32)
 
 
 # -- END ----------------------------------------------------------------------------------
@@ -333,14 +333,14 @@ def test_end_missing() -> None:
 def test_end_not_last() -> None:
     p = only(blob() + entry(19, 0, bytes(8)))
     assert (p.rule, p.severity, p.authority, p.tolerated, p.offset) == (
-        "hvm-end-not-last", WARNING, SPEC, True, 32)
+        "hvm-end-not-last", WARNING, CONVENTION, True, 32)
 
 
 def test_end_nonzero_fields() -> None:
     p = only(blob(end=desc(0, 1, 0)))
-    assert (p.rule, p.authority, p.tolerated) == ("hvm-end-nonzero", SPEC, True)
+    assert (p.rule, p.authority, p.tolerated) == ("hvm-end-nonzero", CONVENTION, True)
     got = rules(blob(end=desc(0, 0, 4) + bytes(4)))
-    assert got == {("hvm-end-nonzero", ERROR, SPEC, True), ("hvm-end-not-last", WARNING, SPEC, True)}
+    assert got == {("hvm-end-nonzero", WARNING, CONVENTION, True), ("hvm-end-not-last", WARNING, CONVENTION, True)}
 
 
 # -- instances, order, duplicates ----------------------------------------------------------
@@ -359,22 +359,22 @@ def test_instance_per_domain() -> None:
     slave = bytes([0, 0xFF, 0, 0x70, 0, 0x00, 0x00, 0])
     assert problems(blob(entry(3, 0, master), entry(3, 1, slave))) == []
     p = only(blob(entry(3, 0, master), entry(3, 2, slave)))
-    assert (p.rule, p.authority, p.tolerated) == ("hvm-instance", RESTORE, False)
+    assert (p.rule, p.authority, p.tolerated) == ("hvm-pic-instance", RESTORE, False)
     p = only(blob(entry(7, 1, bytes(16))))
-    assert (p.rule, p.authority, p.tolerated) == ("hvm-instance", SPEC, True)
+    assert (p.rule, p.authority, p.tolerated) == ("hvm-instance-nonzero", CONVENTION, True)
 
 
 def test_order() -> None:
     p = only(blob(entry(19, 0, bytes(8)), entry(3, 0, bytes([0, 0, 0, 8, 0, 0x40, 0, 0]))))
     assert (p.rule, p.severity, p.authority, p.tolerated, p.offset) == (
-        "hvm-order", ERROR, SPEC, True, 48)
+        "hvm-order", WARNING, CONVENTION, True, 48)
     p = only(blob(entry(19, 1, bytes(8)), entry(19, 0, bytes(8))))
     assert p.rule == "hvm-order"
 
 
 def test_duplicate() -> None:
     p = only(blob(entry(19, 0, bytes(8)), entry(19, 0, bytes(8))))
-    assert (p.rule, p.authority, p.tolerated, p.offset) == ("hvm-duplicate", SPEC, True, 48)
+    assert (p.rule, p.authority, p.tolerated, p.offset) == ("hvm-duplicate", CONVENTION, True, 48)
 
 
 # -- CPU_XSAVE --------------------------------------------------------------------------------
@@ -404,40 +404,54 @@ def test_xsave_valid() -> None:
     assert problems(blob(entry(16, 0, xsave_body(0x7)))) == []
 
 
-def xsave_problem(body: bytes) -> hvm.Problem:
+def xsave_problem(body: bytes, rule_id: str = "hvm-cpu-xsave") -> hvm.Problem:
     p = only(blob(entry(16, 0, body)))
-    assert (p.rule, p.authority, p.offset) == ("hvm-cpu-xsave", RESTORE, 32)
+    assert (p.rule, p.offset) == (rule_id, 32)
     return p
 
 
 def test_xsave_too_short() -> None:
     p = xsave_problem(bytes(599))
-    assert p.severity == ERROR and not p.tolerated and ">= 600" in p.message
-    p = xsave_problem(xsave_body(0x7)[:-8])
+    assert (p.severity, p.authority, p.tolerated) == (ERROR, RESTORE, False)
+    assert ">= 600" in p.message
+    # shorter than xcr0_accum needs: refused since 4.8 (681aea049c), 4.6 and 4.7 copied it
+    p = xsave_problem(xsave_body(0x7)[:-8], "hvm-cpu-xsave-short")
+    assert (p.severity, p.authority, p.tolerated) == (ERROR, RESTORE, False)
     assert "expected length 856" in p.message
 
 
 def test_xsave_oversize() -> None:
-    p = xsave_problem(xsave_body(0x7) + bytes(64))
-    assert (p.severity, p.tolerated) == (WARNING, True)
+    # a zero excess is logged and cut off (hvm.c: hvm_load_cpu_xsave_states): a convention
+    p = xsave_problem(xsave_body(0x7) + bytes(64), "hvm-cpu-xsave-oversize")
+    assert (p.severity, p.authority, p.tolerated) == (WARNING, CONVENTION, True)
     p = xsave_problem(xsave_body(0x7) + b"\x01" + bytes(63))
     assert (p.severity, p.tolerated) == (ERROR, False)
 
 
 def test_xsave_header_rules() -> None:
-    p = xsave_problem(xsave_body(0x7, xcomp=(1 << 63) | 0x7))
+    # xcomp_bv and reserved words: validate_xstate() since 4.7 (d570d82291)
+    p = xsave_problem(xsave_body(0x7, xcomp=(1 << 63) | 0x7), "hvm-cpu-xsave-header")
     assert "compacted" in p.message and not p.tolerated
-    assert "xcomp_bv" in xsave_problem(xsave_body(0x7, xcomp=0x4)).message
+    assert "xcomp_bv" in xsave_problem(xsave_body(0x7, xcomp=0x4), "hvm-cpu-xsave-header").message
+    assert "reserved" in xsave_problem(xsave_body(0x7, reserved=1), "hvm-cpu-xsave-header").message
     assert "xstate_bv" in xsave_problem(xsave_body(0x3, bv=0x7)).message
     assert "xcr0 within" in xsave_problem(xsave_body(0x3, xcr0=0x7)).message
-    assert "reserved" in xsave_problem(xsave_body(0x7, reserved=1)).message
     assert "valid xcr0" in xsave_problem(xsave_body(0x3, xcr0=0x2)).message
 
 
+def test_xsave_every_failing_check_is_reported() -> None:
+    """Checks that arrived in different releases each report: the first
+    failure alone would name the wrong last release that restores it."""
+    ps = problems(blob(entry(16, 0, xsave_body(0x7, xcomp=0x4) + b"\x01" + bytes(63))))
+    assert [p.rule for p in ps] == ["hvm-cpu-xsave-header", "hvm-cpu-xsave"], ps
+
+
 def test_xsave_inactive_record_refused() -> None:
-    # Xen < 4.12 wrote such records; HEAD's validate_xstate() refuses xcr0_accum 0.
-    p = xsave_problem(bytes(600))
-    assert p.severity == ERROR
+    # Xen < 4.12 wrote such records; HEAD's validate_xstate() refuses xcr0_accum 0:
+    # an invalid xcr0 (x87 clear), and a 600-byte area is too long for it (zero excess)
+    ps = problems(blob(entry(16, 0, bytes(600))))
+    assert {p.rule for p in ps} == {"hvm-cpu-xsave", "hvm-cpu-xsave-oversize"}, ps
+    assert any(p.severity == ERROR for p in ps)
 
 
 # -- CPU_MSR ----------------------------------------------------------------------------------
@@ -475,37 +489,37 @@ def test_msr_rules(body: bytes, words: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("at", "words"),
+    ("at", "words", "rule_id"),
     [
-        ({"o656": 0x0}, "CR0.ET"),
-        ({"o656": 0x80000010}, "CR0.PG only with CR0.PE"),
-        ({"o656": 0x10 | (1 << 40)}, "reserved CR0"),
-        ({"o680": 1 << 12}, "CR4"),  # LA57 is never allowed
-        ({"o992": 0x400}, "EFER.LMA"),
-        ({"o992": 1 << 3}, "known EFER"),
-        ({"o720": 1 << 32}, "DR6"),
-        ({"o1024": 3}, "flags"),
-        ({"o1000": 1 << 32}, "MSR_TSC_AUX"),
-        ({"o672": 1 << 52}, "CR3"),
+        ({"o656": 0x0}, "CR0.ET", "hvm-cpu-state"),
+        ({"o656": 0x80000010}, "CR0.PG only with CR0.PE", "hvm-cpu-state"),
+        ({"o656": 0x10 | (1 << 40)}, "reserved CR0", "hvm-cpu-state"),
+        ({"o680": 1 << 12}, "CR4", "hvm-cpu-state"),  # LA57 is never allowed
+        ({"o992": 0x400}, "EFER.LMA", "hvm-cpu-state"),
+        ({"o992": 1 << 3}, "known EFER", "hvm-cpu-efer"),  # since 4.12 (ef0269c621)
+        ({"o720": 1 << 32}, "DR6", "hvm-cpu-dr67"),  # since 4.18 (15987cb03f)
+        ({"o1024": 3}, "flags", "hvm-cpu-flags"),
+        ({"o1000": 1 << 32}, "MSR_TSC_AUX", "hvm-cpu-tsc-aux"),  # since 4.12 (5f5a7a6d36)
+        ({"o672": 1 << 52}, "CR3", "hvm-cpu-cr3"),  # since 4.14 (80872597e6)
     ],
 )
-def test_cpu_state(at: Dict[str, int], words: str) -> None:
+def test_cpu_state(at: Dict[str, int], words: str, rule_id: str) -> None:
     p = only(blob(entry(2, 0, cpu_body(**at))))
-    assert (p.rule, p.authority, p.tolerated) == ("hvm-cpu-state", RESTORE, False)
+    assert (p.rule, p.authority, p.tolerated) == (rule_id, RESTORE, False)
     assert words in p.message
 
 
 def test_cpu_pad0() -> None:
     b = bytearray(cpu_body())
     struct.pack_into("<I", b, 1028, 1)
-    assert only(blob(entry(2, 0, bytes(b)))).rule == "hvm-cpu-state"
+    assert only(blob(entry(2, 0, bytes(b)))).rule == "hvm-cpu-flags"
 
 
 def test_device_state() -> None:
     slave_as_master = bytes([0, 0xFF, 0, 0x70, 0, 0x40, 0, 0])
     assert only(blob(entry(3, 1, slave_as_master))).rule == "hvm-pic-state"
     assert only(blob(entry(9, 0, bytes([16, 0, 0, 0, 0, 0, 0, 0])))).rule == "hvm-pci-link"
-    assert only(blob(entry(9, 0, bytes([5, 0, 0, 0, 1, 0, 0, 0])))).rule == "hvm-pci-link"
+    assert only(blob(entry(9, 0, bytes([5, 0, 0, 0, 1, 0, 0, 0])))).rule == "hvm-pci-link-pad"
     chan = struct.pack("<IHBBBBBBBBBB", 0x10000, 0, 0, 0, 0, 3, 3, 0, 3, 2, 0, 1)
     pit_ok = chan * 3 + struct.pack("<II", 0, 0)
     assert problems(blob(entry(10, 0, pit_ok))) == []

@@ -31,6 +31,7 @@ from stream_helpers import (
     libxl_stream,
     load_json,
     minimal_hvm_libxc,
+    minus_device_state_warning,
     one_of,
     only,
     rules,
@@ -41,7 +42,7 @@ from stream_helpers import (
     xl_raw_optional,
 )
 from xenstream.cli.main import main
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
+from xenstream.findings import CONVENTION, ERROR, RESTORE, SPEC, TOOLSTACK, WARNING
 from xenstream.formats import libxl, xl
 from xenstream.writers.v2 import ImageSpec, LibxcWriter, LibxlWriter, default_config
 
@@ -79,7 +80,7 @@ class TestLibxlHeader:
     @pytest.mark.parametrize("version", [1, 3, 0xFFFFFFFF])
     def test_version_must_be_2(self, tmp_path: Path, version: int) -> None:
         f = only(check(tmp_path, libxl_stream(header={"version": version})), "libxl-version")
-        assert sig(f) == ("libxl-version", ERROR, RESTORE, False)
+        assert sig(f) == ("libxl-version", ERROR, TOOLSTACK, False)
         assert str(version) in f.message
 
     def test_wrong_ident_is_not_a_libxl_stream(self, tmp_path: Path) -> None:
@@ -101,8 +102,8 @@ class TestLibxlRecords:
         data = libxl_stream(end=False)
         data += struct.pack("<II", libxl.REC_TYPE_END, 4) + b"abcd" + b"\0" * 4
         res = check(tmp_path, data)
-        f = only(res, "record-length-zero")
-        assert sig(f) == ("record-length-zero", ERROR, SPEC, True)
+        f = only(res, "libxl-record-length-zero")
+        assert sig(f) == ("libxl-record-length-zero", ERROR, SPEC, True)
         assert f.layer == "libxl" and f.record_type == "END"
         assert f.offset == len(data) - 16
 
@@ -111,8 +112,8 @@ class TestLibxlRecords:
         data = libxl_stream(ctx=False, before=lambda lw: lw.record(libxl.REC_TYPE_LIBXC_CONTEXT,
                                                                    b"abcde"))
         res = check(tmp_path, data)
-        f = only(res, "record-length-zero")
-        assert sig(f) == ("record-length-zero", ERROR, SPEC, True)
+        f = only(res, "libxl-record-length-zero")
+        assert sig(f) == ("libxl-record-length-zero", ERROR, SPEC, True)
         assert f.offset == 16 and f.record_type == "LIBXC_CONTEXT"
         assert res.summary["pages"] == 4  # the libxc stream was found after the body
 
@@ -122,7 +123,7 @@ class TestLibxlRecords:
             w.checkpoint()
             lw.record(libxl.REC_TYPE_CHECKPOINT_END, b"abcd")
         res = check(tmp_path, libxl_custom(fn))
-        assert sigs(res) == [("record-length-zero", ERROR, SPEC, True),
+        assert sigs(res) == [("libxl-record-length-zero", ERROR, SPEC, True),
                              ("checkpoint-eof", WARNING, RESTORE, True)]
         assert res.findings[0].record_type == "CHECKPOINT_END"
 
@@ -130,13 +131,13 @@ class TestLibxlRecords:
         data = libxl_custom(lambda lw, w: None)[:16]  # header only
         data += struct.pack("<II", libxl.REC_TYPE_END, 0)
         f = only(check(tmp_path, data), "libxl-no-libxc-context")
-        assert sig(f) == ("libxl-no-libxc-context", ERROR, SPEC, False)
+        assert sig(f) == ("libxl-no-libxc-context", WARNING, CONVENTION, True)
         assert f.offset == 16
 
     def test_libxc_context_twice(self, tmp_path: Path) -> None:
         res = check(tmp_path, libxl_stream(after=lambda lw: lw.libxc_context()))
         f = one_of(res, "libxl-libxc-context-once")
-        assert sig(f) == ("libxl-libxc-context-once", ERROR, SPEC, False)
+        assert sig(f) == ("libxl-libxc-context-once", WARNING, CONVENTION, True)
         assert not res.valid
 
     @pytest.mark.parametrize("rtype", [libxl.REC_TYPE_EMULATOR_XENSTORE_DATA,
@@ -150,13 +151,13 @@ class TestLibxlRecords:
             else:
                 lw.xenstore_data({"a": "b"})
         f = only(check(tmp_path, libxl_stream(spec, after=after)), "libxl-emulator-not-hvm")
-        assert sig(f) == ("libxl-emulator-not-hvm", ERROR, RESTORE, False)
+        assert sig(f) == ("libxl-emulator-not-hvm", ERROR, TOOLSTACK, False)
         assert f.record_type == libxl.RECORD_NAMES[rtype]
 
     def test_emulator_record_before_libxc(self, tmp_path: Path) -> None:
         data = libxl_stream(before=lambda lw: lw.emulator_context(b"QEVM0000"))
         f = only(check(tmp_path, data), "libxl-emulator-order")
-        assert sig(f) == ("libxl-emulator-order", ERROR, SPEC, False)
+        assert sig(f) == ("libxl-emulator-order", WARNING, CONVENTION, True)
         assert f.offset == 16
 
     @pytest.mark.parametrize("rtype", [libxl.REC_TYPE_EMULATOR_XENSTORE_DATA,
@@ -165,8 +166,11 @@ class TestLibxlRecords:
     def test_emulator_record_shorter_than_8(self, tmp_path: Path, rtype: int,
                                             length: int) -> None:
         data = libxl_stream(emu=False, after=lambda lw: lw.record(rtype, b"\2" * length))
-        f = only(check(tmp_path, data), "libxl-emulator-length")
-        assert sig(f) == ("libxl-emulator-length", ERROR, RESTORE, False)
+        res = check(tmp_path, data)
+        if rtype != libxl.REC_TYPE_EMULATOR_CONTEXT:  # no EMULATOR_CONTEXT at all
+            minus_device_state_warning(res)
+        f = only(res, "libxl-emulator-length")
+        assert sig(f) == ("libxl-emulator-length", ERROR, TOOLSTACK, False)
         assert f"found {length}" in f.message
 
     @pytest.mark.parametrize("emu_id", [3, 7, 0xFFFFFFFF])
@@ -191,7 +195,7 @@ class TestLibxlRecords:
         data = libxl_stream(after=lambda lw: lw.record(rtype, b"xyz"))
         res = check(tmp_path, data)
         f = only(res, "libxl-unknown-record")
-        assert sig(f) == ("libxl-unknown-record", ERROR, RESTORE, False)
+        assert sig(f) == ("libxl-unknown-record", ERROR, TOOLSTACK, False)
         if rtype & 0x80000000:
             assert "optional bit" in f.message
         # the stream goes on past the unknown record to END
@@ -200,9 +204,9 @@ class TestLibxlRecords:
     def test_nonzero_padding_libxl_record(self, tmp_path: Path) -> None:
         data = libxl_stream(emu=False, after=lambda lw: lw.xenstore_data(
             {"a": "b"}, padding=b"\0\0\1\0"))  # body 8 + 4 = 12, pad 4
-        res = check(tmp_path, data)
-        f = only(res, "padding-zero")
-        assert sig(f) == ("padding-zero", ERROR, SPEC, True)
+        res = minus_device_state_warning(check(tmp_path, data))
+        f = only(res, "libxl-padding-zero")
+        assert sig(f) == ("libxl-padding-zero", ERROR, SPEC, True)
         assert f.layer == "libxl" and f.record_type == "EMULATOR_XENSTORE_DATA"
         assert f.offset == data.index(b"a\0b\0") + 4
 
@@ -219,7 +223,7 @@ class TestLibxlRecords:
             w.record(0x80000123, b"abc", padding=b"\0\0\0\0\x09")
             w.end()
             lw.end()
-        res = check(tmp_path, libxl_custom(fn))
+        res = minus_device_state_warning(check(tmp_path, libxl_custom(fn)))
         assert sorted(rules(res)) == ["optional-record", "padding-zero"]
         f = one_of(res, "padding-zero")
         assert f.layer == "libxc" and "09" in f.message
@@ -241,7 +245,7 @@ class TestXenstoreData:
     def test_bad_pairs(self, tmp_path: Path, raw: bytes, rule: str, tolerated: bool,
                        body_off: int) -> None:
         f = only(self._run(tmp_path, raw), rule)
-        assert sig(f) == (rule, ERROR, RESTORE, tolerated)
+        assert sig(f) == (rule, ERROR, TOOLSTACK, tolerated)
         assert f"body offset {body_off:#x}" in f.message
 
     @pytest.mark.parametrize("key", [b"a b", b"k\xff", b"x*y", b"a.b", b"a:b"])
@@ -278,19 +282,19 @@ class TestXlHeader:
     def test_bad_magic(self, tmp_path: Path) -> None:
         magic = xl.MAGIC[:31] + b"\n"  # first 8 bytes right: detected as xl
         f = only(check(tmp_path, xl_image(magic=magic)), "xl-magic")
-        assert sig(f) == ("xl-magic", ERROR, RESTORE, False)
+        assert sig(f) == ("xl-magic", ERROR, TOOLSTACK, False)
         assert f.offset == 0
 
     def test_bad_byteorder(self, tmp_path: Path) -> None:
         f = only(check(tmp_path, xl_image(byteorder=0x11223344)), "xl-byteorder")
-        assert sig(f) == ("xl-byteorder", ERROR, RESTORE, False)
+        assert sig(f) == ("xl-byteorder", ERROR, TOOLSTACK, False)
         assert "0x11223344" in f.message
 
     def test_big_endian_file_is_parsed_but_not_restorable(self, tmp_path: Path) -> None:
         data = xl_image(ImageSpec(envelope="xl", pages=4, endian=">"), endian=">")
         res = check(tmp_path, data)
         assert rules(res) == ["xl-big-endian", "libxl-big-endian", "ihdr-big-endian"]
-        assert sig(res.findings[0]) == ("xl-big-endian", ERROR, RESTORE, False)
+        assert sig(res.findings[0]) == ("xl-big-endian", ERROR, TOOLSTACK, False)
         assert res.summary["xl"]["endian"] == "big"
         assert res.summary["xl"]["config"] == "json"  # config_len read big-endian
         assert res.summary["pages"] == 4
@@ -298,12 +302,12 @@ class TestXlHeader:
     @pytest.mark.parametrize("flags", [0x3 | 0x4, 0x3 | 0x80000000])
     def test_unknown_mandatory_flags(self, tmp_path: Path, flags: int) -> None:
         f = only(check(tmp_path, xl_image(mandatory_flags=flags)), "xl-mandatory-flags")
-        assert sig(f) == ("xl-mandatory-flags", ERROR, RESTORE, False)
+        assert sig(f) == ("xl-mandatory-flags", ERROR, TOOLSTACK, False)
 
     def test_optional_flags_warn(self, tmp_path: Path) -> None:
         res = check(tmp_path, xl_image(optional_flags=5))
         assert res.valid
-        assert sig(only(res, "xl-optional-flags")) == ("xl-optional-flags", WARNING, SPEC, True)
+        assert sig(only(res, "xl-optional-flags")) == ("xl-optional-flags", WARNING, CONVENTION, True)
 
     def test_optional_data_len_beyond_file(self, tmp_path: Path) -> None:
         data = xl_image(optional_data_len=1 << 20)
@@ -314,12 +318,12 @@ class TestXlHeader:
     def test_config_len_beyond_optional_data(self, tmp_path: Path) -> None:
         data = xl_raw_optional(struct.pack("<I", 100) + b"x" * 8, json_flag=True)
         f = only(check(tmp_path, data), "xl-config-length")
-        assert sig(f) == ("xl-config-length", ERROR, RESTORE, False)
+        assert sig(f) == ("xl-config-length", ERROR, TOOLSTACK, False)
         assert f.offset == 48
 
     def test_optional_data_shorter_than_config_len_field(self, tmp_path: Path) -> None:
         f = only(check(tmp_path, xl_raw_optional(b"xx")), "xl-config-length")
-        assert sig(f) == ("xl-config-length", ERROR, RESTORE, False)
+        assert sig(f) == ("xl-config-length", ERROR, TOOLSTACK, False)
 
     def test_optional_tail_after_config_is_skipped(self, tmp_path: Path) -> None:
         res = check(tmp_path, xl_image(optional_tail=b"tail" * 5))
@@ -328,12 +332,12 @@ class TestXlHeader:
     def test_json_flag_with_non_json_config(self, tmp_path: Path) -> None:
         data = xl_image(config=b'name = "x"\nmemory = 16\n\0', json_flag=True)
         f = only(check(tmp_path, data), "xl-config-json")
-        assert sig(f) == ("xl-config-json", ERROR, RESTORE, False)
+        assert sig(f) == ("xl-config-json", ERROR, TOOLSTACK, False)
 
     def test_json_config_without_nul(self, tmp_path: Path) -> None:
         cfg = json.dumps(default_config(ImageSpec(pages=4))).encode()
         f = only(check(tmp_path, xl_image(config=cfg, json_flag=True)), "xl-config-nul")
-        assert sig(f) == ("xl-config-nul", ERROR, SPEC, True)
+        assert sig(f) == ("xl-config-nul", ERROR, TOOLSTACK, False)
 
     def test_xl_cfg_text_config_without_json_flag(self, tmp_path: Path) -> None:
         res = check(tmp_path, xl_image(config=b'name = "x"\nmemory = 16\n', json_flag=False))
@@ -391,7 +395,7 @@ class TestXlHeader:
         data = xl_image(streamv2=False, payload=image(envelope="libxl"))
         res = check(tmp_path, data)
         f = only(res, "xl-streamv2-lie")
-        assert sig(f) == ("xl-streamv2-lie", ERROR, RESTORE, False)
+        assert sig(f) == ("xl-streamv2-lie", ERROR, TOOLSTACK, False)
         assert (f.offset, f.layer, f.what) == (36, "xl", "header (xl header)")
         assert "libxl v2 stream" in f.message
         assert res.layers == ["xl", "libxl", "libxc"]
@@ -401,7 +405,9 @@ class TestXlHeader:
             self, tmp_path: Path) -> None:
         bad = libxl_stream(emu=False, after=lambda lw: lw.xenstore_data({}, raw=b"/abs\0v\0"))
         res = check(tmp_path, xl_image(streamv2=False, payload=bad))
-        assert sorted(rules(res)) == ["libxl-xenstore-key-absolute", "xl-streamv2-lie"]
+        # the config says HVM: its device state (EMULATOR_CONTEXT) is missing too
+        assert sorted(rules(res)) == ["libxl-emulator-missing", "libxl-xenstore-key-absolute",
+                                      "xl-streamv2-lie"]
 
     def test_no_streamv2_in_front_of_legacy_payload(self, tmp_path: Path) -> None:
         # 64-bit toolstack, HVM (the default config's type): a whole legacy stream
@@ -410,7 +416,7 @@ class TestXlHeader:
         data = xl_image(streamv2=False, payload=payload)
         res = check(tmp_path, data)
         f = only(res, "legacy-stream")
-        assert sig(f) == ("legacy-stream", WARNING, RESTORE, False)
+        assert sig(f) == ("legacy-stream", WARNING, TOOLSTACK, True)
         assert f.message.startswith("legacy image (") and "STREAMv2 flag clear" in f.message
         assert f.offset == 48 + len(_default_optional()) and f.layer == "legacy"
         assert res.valid and res.end_offset == len(data)
@@ -420,16 +426,17 @@ class TestXlHeader:
             "container": "xl", "width": 64, "guest_type": "hvm"}
         assert (lg["p2m_size"], lg["checkpoints"], lg["qemu_record"]) == (8, 1, "libxl")
         # the drop-in (verify-stream-v2) rejects it at the same place
-        drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream")
-        assert sig(drop) == ("legacy-stream", ERROR, RESTORE, False)
+        drop = only(check(tmp_path, data, reject_legacy=True), "legacy-stream-rejected")
+        assert sig(drop) == ("legacy-stream-rejected", ERROR, SPEC, False)
         assert drop.message.startswith("legacy stream: convert it")
         assert drop.offset == f.offset
 
     def test_legacy_payload_contradicting_config_type(self, tmp_path: Path) -> None:
         # the default config says HVM; a 64-bit PV legacy stream follows
         res = check(tmp_path, xl_image(streamv2=False, payload=legacy_stream("pv", 8)))
-        assert [(f.rule, f.severity) for f in res.findings] == [
-            ("guest-type-mismatch", ERROR), ("legacy-stream", WARNING)]
+        # libxl runs the converter with --guest from the config: it misreads the stream
+        assert sigs(res) == [("legacy-guest-type", ERROR, TOOLSTACK, False),
+                             ("legacy-stream", WARNING, TOOLSTACK, True)]
         lg = res.summary["legacy"]
         assert {k: lg[k] for k in ("container", "width", "guest_type")} == {
             "container": "xl", "width": 64, "guest_type": "pv"}
@@ -545,7 +552,7 @@ class TestCheckpointed:
     def test_checkpoint_end_without_checkpoint(self, tmp_path: Path) -> None:
         res = check(tmp_path, libxl_stream(after=lambda lw: lw.checkpoint_end()))
         f = only(res, "libxl-checkpoint-end-unexpected")
-        assert sig(f) == ("libxl-checkpoint-end-unexpected", ERROR, RESTORE, False)
+        assert sig(f) == ("libxl-checkpoint-end-unexpected", ERROR, TOOLSTACK, False)
 
     def test_libxl_end_inside_checkpoint_reported_once(self, tmp_path: Path) -> None:
         def fn(lw: LibxlWriter, w: LibxcWriter) -> None:
@@ -553,10 +560,24 @@ class TestCheckpointed:
             w.checkpoint()
             lw.xenstore_data({"a": "b"})
             lw.end()
-        res = check(tmp_path, libxl_custom(fn))
+        res = minus_device_state_warning(check(tmp_path, libxl_custom(fn)))
         f = only(res, "libxl-end-in-checkpoint")
-        assert sig(f) == ("libxl-end-in-checkpoint", ERROR, RESTORE, False)
+        assert sig(f) == ("libxl-end-in-checkpoint", ERROR, TOOLSTACK, False)
         assert f.record_type == "END"
+
+    def test_libxl_end_inside_later_checkpoint_fails_over(self, tmp_path: Path) -> None:
+        def fn(lw: LibxlWriter, w: LibxcWriter) -> None:
+            minimal_hvm_libxc(w)
+            w.checkpoint()
+            lw.checkpoint_end()  # checkpoint 1 complete
+            w.page_data([0, 1])
+            hvm_tail(w)
+            w.checkpoint()
+            lw.end()  # inside checkpoint 2: restored from checkpoint 1
+        res = minus_device_state_warning(check(tmp_path, libxl_custom(fn)))
+        f = only(res, "libxl-end-in-checkpoint-failover")
+        assert sig(f) == ("libxl-end-in-checkpoint-failover", WARNING, TOOLSTACK, True)
+        assert f.record_type == "END" and res.valid
 
     def test_checkpoint_state_before_checkpoint_end(self, tmp_path: Path) -> None:
         def fn(lw: LibxlWriter, w: LibxcWriter) -> None:
@@ -565,13 +586,13 @@ class TestCheckpointed:
             lw.checkpoint_state()
             lw.checkpoint_end()
         res = check(tmp_path, libxl_custom(fn))
-        assert sigs(res) == [("libxl-checkpoint-state-unexpected", ERROR, RESTORE, False),
+        assert sigs(res) == [("libxl-checkpoint-state-unexpected", ERROR, TOOLSTACK, False),
                              ("checkpoint-eof", WARNING, RESTORE, True)]
 
     def test_checkpoint_state_in_plain_stream(self, tmp_path: Path) -> None:
         res = check(tmp_path, libxl_stream(after=lambda lw: lw.checkpoint_state()))
         f = only(res, "libxl-checkpoint-state-unexpected")
-        assert sig(f) == ("libxl-checkpoint-state-unexpected", ERROR, RESTORE, False)
+        assert sig(f) == ("libxl-checkpoint-state-unexpected", ERROR, TOOLSTACK, False)
 
     def test_checkpoint_state_length_zero(self, tmp_path: Path) -> None:
         def fn(lw: LibxlWriter, w: LibxcWriter) -> None:
@@ -580,7 +601,7 @@ class TestCheckpointed:
             lw.checkpoint_end()
             lw.record(libxl.REC_TYPE_CHECKPOINT_STATE, b"")
         res = check(tmp_path, libxl_custom(fn))
-        assert sigs(res) == [("libxl-checkpoint-state-length", ERROR, RESTORE, False),
+        assert sigs(res) == [("libxl-checkpoint-state-empty", ERROR, TOOLSTACK, False),
                              ("checkpoint-eof", WARNING, RESTORE, True)]
         assert "NULL" in res.findings[0].message
 
@@ -592,7 +613,7 @@ class TestCheckpointed:
             lw.checkpoint_end()
             lw.checkpoint_state(cid)
         res = check(tmp_path, libxl_custom(fn))
-        assert sigs(res) == [("libxl-checkpoint-state-id", ERROR, RESTORE, False),
+        assert sigs(res) == [("libxl-checkpoint-state-id", ERROR, TOOLSTACK, False),
                              ("checkpoint-eof", WARNING, RESTORE, True)]
         assert f"found {cid}" in res.findings[0].message
 
@@ -600,7 +621,7 @@ class TestCheckpointed:
         res = check(tmp_path, image(envelope="libxl", guest="pv", pages=8, checkpoints=1,
                                     colo=True))
         f = one_of(res, "colo-pv")
-        assert sig(f) == ("colo-pv", ERROR, RESTORE, False)
+        assert sig(f) == ("colo-pv", ERROR, TOOLSTACK, False)
         assert not res.valid
         assert res.summary["checkpoints"]["kind"] == "colo"
 
@@ -622,7 +643,7 @@ class TestCheckpointed:
         data = libxl_custom(fn)
         res = check(tmp_path, data)
         f = one_of(res, "colo-checkpoint-state-missing")
-        assert sig(f) == ("colo-checkpoint-state-missing", ERROR, RESTORE, False)
+        assert sig(f) == ("colo-checkpoint-state-missing", ERROR, TOOLSTACK, False)
         assert f.layer == "libxc" and f.record_type == "PAGE_DATA"
         its = items_of(tmp_path, data)
         ends = [it for it in its if it.name == "CHECKPOINT_END"]
@@ -691,7 +712,7 @@ class TestBigEndian:
         data = image(envelope="libxl", pages=20, batch=7, endian=">")
         assert data[12:16] == b"\0\0\0\1"
         res = check(tmp_path, data)
-        assert sigs(res) == [("libxl-big-endian", ERROR, RESTORE, False),
+        assert sigs(res) == [("libxl-big-endian", ERROR, TOOLSTACK, False),
                              ("ihdr-big-endian", ERROR, RESTORE, False)]
         s = res.summary
         assert s["pages"] == 20 and s["page_records"] == 3
@@ -883,8 +904,8 @@ class TestDetection:
     def test_bare_legacy(self, tmp_path: Path, width: int, guest: str) -> None:
         # the hand-made first 16 bytes (and filler): the drop-in's detection
         res = check(tmp_path, _legacy_head(width, guest), reject_legacy=True)
-        f = only(res, "legacy-stream")
-        assert sig(f) == ("legacy-stream", ERROR, RESTORE, False)
+        f = only(res, "legacy-stream-rejected")
+        assert sig(f) == ("legacy-stream-rejected", ERROR, SPEC, False)
         assert f.offset == 0 and f.layer == "legacy"
         assert "legacy stream: convert it" in f.message
         assert f"{guest.upper()} stream from a {width * 8}-bit toolstack" in f.message
@@ -903,8 +924,9 @@ class TestDetection:
         else:
             assert struct.unpack_from("<i", data, width)[0] == -7  # TSC_INFO chunk first
         res = check(tmp_path, data)
-        f = only(res, "legacy-stream")
-        assert sig(f) == ("legacy-stream", WARNING, RESTORE, False)
+        # bare: nothing at HEAD converts it (the spec's "shall be handled by translating")
+        f = only(res, "legacy-stream-unconverted")
+        assert sig(f) == ("legacy-stream-unconverted", WARNING, SPEC, False)
         assert f.offset == 0 and f.layer == "legacy"
         assert f"{guest.upper()} stream from a {width * 8}-bit toolstack" in f.message
         assert res.valid and res.layers == ["legacy"]
@@ -913,10 +935,20 @@ class TestDetection:
             "container": "bare", "width": width * 8, "guest_type": guest}
         assert lg["guest_width"] == (None if guest == "hvm" else width * 8)
 
+    def test_legacy_hvm_without_device_model_record(self, tmp_path: Path) -> None:
+        # the 4.5 restorer reads a 21-byte signature after the HVM context:
+        # "Error reading QEMU signature" at end of input
+        data = legacy_stream("hvm", 8, qemu="none")
+        res = check(tmp_path, xl_image(streamv2=False, payload=data))
+        assert rules(res) == ["legacy-stream", "legacy-qemu-missing"]
+        f = one_of(res, "legacy-qemu-missing")
+        assert sig(f) == ("legacy-qemu-missing", ERROR, RESTORE, False)
+        assert f.layer == "legacy" and not res.valid
+
     def test_legacy_filler_after_detected_head_is_an_error(self, tmp_path: Path) -> None:
         """Detected from its first bytes, then followed: filler is no legacy stream."""
         res = check(tmp_path, _legacy_head(8, "pv"))
-        assert one_of(res, "legacy-stream").severity == WARNING
+        assert one_of(res, "legacy-stream-unconverted").severity == WARNING
         assert not res.valid and [f.layer for f in res.errors] == ["legacy"]
 
 
@@ -975,13 +1007,15 @@ class TestJson:
         assert main(["verify", "--json", str(p)]) == 1
         doc = load_json(capsys.readouterr().out)
         jsonschema.validate(doc, schema)
-        assert doc["schema_version"] == 1
+        assert doc["schema_version"] == 2
         assert doc["valid"] is False
         assert doc["layers"] == ["xl", "libxl", "libxc"]
         (f,) = doc["findings"]
         assert f["rule"] == "libxl-xenstore-key-absolute"
-        assert f["severity"] == "error" and f["authority"] == "restore"
+        assert f["severity"] == "error" and f["authority"] == "toolstack"
         assert f["restore_tolerates"] is False
+        assert f["source"] == ("tools/libs/light/libxl_dom_save.c: "
+                               "libxl__restore_emulator_xenstore_data()")
         assert f["layer"] == "libxl" and f["record_type"] == "EMULATOR_XENSTORE_DATA"
         xs_off = xl_data.index(b"/abs\0") - 16
         assert f["offset"] == xs_off
@@ -1023,7 +1057,7 @@ class TestJson:
             "guest_width": 32}
         assert doc["summary"]["guest_type"] == "pv"
         assert [(f["rule"], f["severity"]) for f in doc["findings"]] == [
-            ("legacy-stream", "warning")]
+            ("legacy-stream-unconverted", "warning")]
 
 
 # ==========================================================================

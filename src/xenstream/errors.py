@@ -32,7 +32,7 @@ class FormatError(XenstreamError):
         *,
         what: str = "",
         layer: str = "",
-        rule: str = "framing",
+        rule: str,
         index: Optional[int] = None,
         record_type: Optional[str] = None,
     ) -> None:

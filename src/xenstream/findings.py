@@ -14,12 +14,14 @@ ERROR = "error"
 WARNING = "warning"
 INFO = "info"
 
-SPEC = "spec"
-RESTORE = "restore"
+SPEC = "spec"  # a section of a specification
+RESTORE = "restore"  # the Xen code that refuses it on restore
+TOOLSTACK = "toolstack"  # libxl, xl, xenopsd or libvirt code
+CONVENTION = "convention"  # nothing enforces it: never an error
 
 
 _FIELDS = ("severity", "offset", "layer", "what", "rule", "authority", "restore_tolerates",
-           "message", "record_index", "record_type")
+           "message", "record_index", "record_type", "source")
 
 
 class Finding:
@@ -29,17 +31,19 @@ class Finding:
 
     def __init__(self, severity: str, offset: int, layer: str, what: str, rule: str,
                  authority: str, restore_tolerates: bool, message: str,
-                 record_index: Optional[int] = None, record_type: Optional[str] = None) -> None:
+                 record_index: Optional[int] = None, record_type: Optional[str] = None,
+                 source: str = "") -> None:
         self.severity = severity  # error | warning | info
         self.offset = offset
         self.layer = layer
         self.what = what  # "header (libxc image header)" or "record #N (TYPE)"
         self.rule = rule  # short stable identifier, e.g. "page-data-count"
-        self.authority = authority  # spec | restore
+        self.authority = authority  # spec | restore | toolstack | convention
         self.restore_tolerates = restore_tolerates
         self.message = message  # "expected ..., found ..."
         self.record_index = record_index
         self.record_type = record_type
+        self.source = source  # the rule's source: a spec section or a Xen function
 
     def line(self, name: str) -> str:
         return f"{name}: offset {self.offset:#x}, {self.what}: {self.message}"

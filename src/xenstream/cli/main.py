@@ -50,7 +50,8 @@ def _verify(args: argparse.Namespace) -> int:
     if args.verbose and not args.quiet and not args.json:
         printer = RecordPrinter(print)
     with src:
-        res = verify(src, format=args.format, lenient=args.lenient, on_item=printer)
+        res = verify(src, format=args.format, lenient=args.lenient, on_item=printer,
+                     skip_qemu=args.skip_qemu)
     res.file = name
     if printer:
         printer.close()
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print one JSON document")
     v.add_argument("--lenient", action="store_true",
                    help="report spec violations that Xen's restore tolerates as warnings")
+    v.add_argument("--skip-qemu", action="store_true",
+                   help="a legacy HVM image ends at its tail: the caller keeps the "
+                   "device-model record (as convert --skip-qemu)")
     v.set_defaults(func=_verify)
 
     c = _command(

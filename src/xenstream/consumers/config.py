@@ -78,18 +78,26 @@ def find_config(src: Source, *, format: Optional[str] = None) -> Optional[Embedd
 
 
 def guest_type_of(kind: str, data: bytes) -> Optional[str]:
-    """'pv' or 'hvm' as a configuration of ``kind`` says, if it says."""
+    """'pv' or 'hvm' (PVH is HVM to libxc) as a configuration of ``kind`` says, if it says."""
+    t = domain_type_of(kind, data)
+    return "hvm" if t == "pvh" else t
+
+
+def domain_type_of(kind: str, data: bytes) -> Optional[str]:
+    """'pv', 'hvm' or 'pvh' as a configuration of ``kind`` says, if it says."""
     try:
         if kind == "xl-json":
             doc = json.loads(data.rstrip(b"\0").decode("utf-8"))
             t = doc.get("c_info", {}).get("type") if isinstance(doc, dict) else None
-            return None if not isinstance(t, str) else ("pv" if t.lower() == "pv" else "hvm")
+            if not isinstance(t, str):
+                return None
+            return {"pv": "pv", "pvh": "pvh"}.get(t.lower(), "hvm")
         if kind == "libvirt-xml":
             import xml.etree.ElementTree as ET
 
             node = ET.fromstring(data.rstrip(b"\0")).find("os/type")
             t = (node.text or "").strip().lower() if node is not None else ""
-            return {"hvm": "hvm", "xen": "pv", "linux": "pv", "xenpvh": "hvm"}.get(t)
+            return {"hvm": "hvm", "xen": "pv", "linux": "pv", "xenpvh": "pvh"}.get(t)
         if kind == "xend-sxp":
             from xenstream.formats.sexp import parse_sxp
             from xenstream.formats.xend import guest_type

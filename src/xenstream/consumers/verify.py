@@ -23,7 +23,7 @@ from xenstream.consumers.verify_context import Reporter
 from xenstream.consumers.verify_envelope import EnvelopeVerification
 from xenstream.consumers.verify_legacy import LegacyVerification
 from xenstream.errors import FormatError, TruncatedError
-from xenstream.findings import ERROR, INFO, RESTORE, SPEC, WARNING, Finding
+from xenstream.findings import ERROR, INFO, WARNING, Finding
 from xenstream.formats import libxc, libxl
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
@@ -45,7 +45,7 @@ from xenstream.reading.parser import (
     XlConfig,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: findings carry their rule's source; authorities toolstack, convention
 #: Records after which the bulk PAGE_DATA filter may change.
 _FILTER_TRIGGERS = frozenset({libxc.REC_TYPE_PAGE_DATA, libxc.REC_TYPE_STATIC_DATA_END,
                               libxc.REC_TYPE_X86_PV_P2M_FRAMES, libxc.REC_TYPE_X86_PV_INFO})
@@ -93,9 +93,12 @@ class Verifier:
 
     def __init__(self, src: Source, *, format: Optional[str] = None, lenient: bool = False,
                  check_trailing: bool = True, reject_legacy: bool = False,
-                 on_item: Optional[Callable[[Item], None]] = None) -> None:
+                 on_item: Optional[Callable[[Item], None]] = None,
+                 skip_qemu: bool = False) -> None:
         self.src = src
         self.parser = Parser(src, format=format)
+        if skip_qemu:  # a legacy HVM stream ends at its tail: the caller reads the qemu record
+            self.parser.legacy_options.qemu = "skip"
         self.check_trailing = check_trailing
         self.on_item = on_item
         self.result = Result(src.name)
@@ -111,6 +114,7 @@ class Verifier:
         self.records = 0
         self.libxc_done = False  # libxc END seen
         self.last_libxl: Optional[int] = None  # type of the last libxl record
+        self.emulator_context = False  # an EMULATOR_CONTEXT record was seen
         self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
         #: legacy images; with reject_legacy (the drop-in checks v2 streams only)
         #: a legacy payload is an error and is not read further
@@ -145,7 +149,7 @@ class Verifier:
                 elif isinstance(item, Legacy):
                     self.legacy.start(item)
                 elif isinstance(item, Mismatch):
-                    self.report(ERROR, item.rule, RESTORE, False, item.message)
+                    self.report(item.rule, item.message)
                 elif self.legacy.checker is not None and item.layer == "legacy":
                     self.legacy.check(item)
                 elif isinstance(item, EndOfInput):
@@ -157,8 +161,7 @@ class Verifier:
             self._truncated(e)
         except FormatError as e:
             self._ctx_from_error(e)
-            self.report(ERROR, e.rule, SPEC if e.rule in ("unrecognised", "format-mismatch")
-                        else RESTORE, False, e.message)
+            self.report(e.rule, e.message)
         res.layers = list(self.parser.state.layers)
         res.end_offset = self.src.pos
         res.valid = not res.errors
@@ -203,7 +206,7 @@ class Verifier:
             self._libxl_record(rec)
         pad = rec.finish()
         if any(pad):
-            self.report(ERROR, "padding-zero", SPEC, True,
+            self.report("padding-zero" if rec.layer == LAYER_LIBXC else "libxl-padding-zero",
                         f"expected {len(pad)} zero padding bytes, found {pad.hex(' ')}",
                         offset=rec.body_offset + rec.length)
 
@@ -246,7 +249,7 @@ class Verifier:
         st = self.parser.state
         if (st.colo and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END
                 and self.since_checkpoint == 0 and st.checkpoint_ends):
-            self.report(ERROR, "colo-checkpoint-state-missing", RESTORE, False,
+            self.report("colo-checkpoint-state-missing",
                         "expected CHECKPOINT_STATE after CHECKPOINT_END in a COLO stream, found "
                         "a libxc record")
         self.last_libxl = None
@@ -264,7 +267,7 @@ class Verifier:
         elif rtype == libxc.REC_TYPE_PAGE_DATA and rec.length < 8:
             body = rec.body()
         if rtype == libxc.REC_TYPE_END and st.checkpoints and self.since_checkpoint:
-            self.report(WARNING, "end-discards-checkpoint", RESTORE, True,
+            self.report("end-discards-checkpoint",
                         f"END after {self.since_checkpoint} records of an unfinished checkpoint: "
                         "the restorer discards them and keeps the last complete checkpoint")
         chk.record(rtype, rec.length, body, rec.read)
@@ -299,11 +302,31 @@ class Verifier:
                 and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END)
         chk.record(rtype, rec.length, body, guest=guest, in_checkpoint=st.in_checkpoint,
                    colo=colo, after_libxc=self.libxc_done or st.checkpoints > 0, rest=rest)
+        if rtype == libxl.REC_TYPE_EMULATOR_CONTEXT:
+            self.emulator_context = True
+        elif rtype == libxl.REC_TYPE_END and guest == "hvm" and not self.emulator_context:
+            self._no_device_state()
         if colo and guest == "pv" and not self.reported_colo_pv:
             self.reported_colo_pv = True
-            self.report(ERROR, "colo-pv", RESTORE, False,
+            self.report("colo-pv",
                         "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
         self.last_libxl = rtype
+
+    def _no_device_state(self) -> None:
+        """An HVM-type libxl stream without EMULATOR_CONTEXT: fine for a PVH
+        guest, a lost device state where a device model runs, since libxl
+        starts it with ``-incoming`` from that record's data."""
+        dm = self.envelope.device_model()
+        if dm is None:
+            self.report("libxl-emulator-unknown",
+                        "expected an EMULATOR_CONTEXT record unless the guest is PVH, found "
+                        "none, and no configuration says which: an HVM guest's device-model "
+                        "state would be missing")
+        elif dm[0]:
+            self.report("libxl-emulator-missing",
+                        f"expected an EMULATOR_CONTEXT record ({dm[1]} runs a device model for "
+                        "this HVM guest), found none: libxl starts the device model with "
+                        "-incoming from that record's data, and the restore fails without it")
 
     def _complete_checkpoints(self) -> int:
         st = self.parser.state
@@ -314,7 +337,7 @@ class Verifier:
     def _end_of_input(self, item: EndOfInput) -> None:
         n = self._complete_checkpoints()
         kind = "COLO" if self.parser.state.colo else "Remus"
-        self.report(WARNING, "checkpoint-eof", RESTORE, True,
+        self.report("checkpoint-eof",
                     f"checkpointed ({kind}) stream ends at end of input after {n} complete "
                     f"checkpoint{'s' if n != 1 else ''}: a restore fails over to checkpoint {n}")
 
@@ -331,7 +354,7 @@ class Verifier:
         self._ctx_from_error(e)
         if n >= 1 and not self.parser.state.finished:
             kind = "COLO" if self.parser.state.colo else "Remus"
-            self.report(WARNING, "checkpoint-eof", RESTORE, True,
+            self.report("checkpoint-eof",
                         f"checkpointed ({kind}) stream ends inside checkpoint {n + 1} ({e.message}): "
                         f"what a dying primary leaves; a restore fails over to checkpoint {n}")
             self._finish(truncated=True)
@@ -339,7 +362,7 @@ class Verifier:
             extra = ""
             if self.parser.state.checkpoints:
                 extra = " before the first complete checkpoint"
-            self.report(ERROR, "truncated", RESTORE, False, e.message + extra)
+            self.report(e.rule, e.message + extra)
 
     def _finish(self, truncated: bool = False) -> None:
         if self.legacy.stream is not None:
@@ -353,7 +376,7 @@ class Verifier:
         if (not truncated and self.check_trailing and st.finished
                 and self.src.remaining()):
             self.ctx.set(self.src.pos, "end of stream", st.layers[0] if st.layers else "")
-            self.report(WARNING, "trailing-data", SPEC, True,
+            self.report("trailing-data",
                         f"{self.src.remaining()} bytes after the final END (the restorer never "
                         "reads them)")
 

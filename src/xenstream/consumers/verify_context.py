@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from xenstream.findings import ERROR, WARNING, Finding
+from xenstream.findings import ERROR, SPEC, WARNING, Finding
 from xenstream.reading.parser import Frame, PageRun, Record
+from xenstream.rules import rule
 
 
 class FindingContext:
@@ -47,13 +48,15 @@ class Reporter:
         self.lenient = lenient
         self.ctx = FindingContext()
 
-    def report(self, severity: str, rule: str, authority: str, tolerated: bool,
-               message: str, *, offset: Optional[int] = None) -> None:
-        """A checker's finding (the signature of
-        :data:`xenstream.formats.libxc.Report`); ``offset`` overrides the
-        context's.  With ``lenient``, an error the restorer tolerates is
-        reported as a warning."""
-        if self.lenient and severity == ERROR and tolerated:
+    def report(self, rule_id: str, message: str, *, offset: Optional[int] = None) -> None:
+        """A checker's finding of rule ``rule_id`` (the signature of
+        :data:`xenstream.formats.libxc.Report`); its severity, authority,
+        source and tolerance are the rule's (:mod:`xenstream.rules`).
+        ``offset`` overrides the context's.  With ``lenient``, a spec error
+        the restorer tolerates is reported as a warning."""
+        r = rule(rule_id)
+        severity = r.severity
+        if self.lenient and severity == ERROR and r.tolerated and r.authority == SPEC:
             severity = WARNING
         c = self.ctx
         it = c.item
@@ -72,5 +75,5 @@ class Reporter:
             index, rtype = c.index, c.rtype
         self.findings.append(Finding(
             severity=severity, offset=at if offset is None else offset, layer=layer,
-            what=what, rule=rule, authority=authority, restore_tolerates=tolerated,
-            message=message, record_index=index, record_type=rtype))
+            what=what, rule=rule_id, authority=r.authority, restore_tolerates=r.tolerated,
+            message=message, record_index=index, record_type=rtype, source=r.source))

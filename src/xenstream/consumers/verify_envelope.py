@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from xenstream.consumers.verify_context import FindingContext
-from xenstream.findings import ERROR, RESTORE
 from xenstream.formats import xenopsd as xenopsd_mod
 from xenstream.formats import xl as xl_mod
 from xenstream.formats.libvirt import LibvirtChecker
@@ -99,10 +98,21 @@ class EnvelopeVerification:
             return
         want = "pv" if cfg[0] == "pv" else "hvm"  # PVH is HVM at the libxc level
         if want != got:
-            self.report(ERROR, "guest-type-mismatch", RESTORE, False,
+            self.report("guest-type-mismatch",
                         f"expected an x86 {want.upper()} stream ({cfg[1]} says type "
                         f"{cfg[0]!r}), found x86 {got.upper()}: libxc restores into a domain "
                         "built from the config and refuses the other type")
+
+    def device_model(self) -> Optional[Tuple[bool, str]]:
+        """Whether the configuration runs a device model for an HVM-type
+        (libxc) guest: True for HVM, False for PVH, with where it says so;
+        None when there is no configuration to tell."""
+        if self.xl is not None and self.xl.info.guest_type() in ("hvm", "pvh"):
+            return self.xl.info.guest_type() == "hvm", "the xl config"
+        os_type = self.libvirt.info.os_type if self.libvirt is not None else None
+        if os_type in ("hvm", "xenpvh"):
+            return os_type == "hvm", "the libvirt XML"
+        return None
 
     def nr_vcpus(self) -> Optional[int]:
         """The vcpu count the image's own configuration gives, if any."""

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any, Optional, Tuple
 
 from xenstream.consumers.verify_envelope import EnvelopeVerification
-from xenstream.findings import ERROR, RESTORE, WARNING
 from xenstream.formats.legacy import (
     CHUNK_NAMES,
     LBatch,
@@ -29,6 +28,7 @@ from xenstream.reading.parser import Legacy, Parser
 
 _WHERE = {
     "xl": "after the xl header (STREAMv2 flag clear)",
+    "xl-streamv2": "after an xl header whose STREAMv2 flag is set",
     "libvirt": "after the libvirt header",
     "xend": "after the xend header",
     "xenopsd": "in a XenServer image",
@@ -65,18 +65,28 @@ class LegacyVerification:
         elif cfg is not None and item.guess is not None:
             want = "pv" if cfg[0] == "pv" else "hvm"
             if want != item.guess.guest:
-                self.report(ERROR, "guest-type-mismatch", RESTORE, False,
+                self.report("legacy-guest-type",
                             f"expected a legacy {want.upper()} stream ({cfg[1]} says type "
                             f"{cfg[0]!r}), found a legacy {item.guess.guest.upper()} stream")
         what = item.guess.describe() if item.guess else "legacy (Xen <= 4.5) stream"
         where = _WHERE.get(item.container, "")
-        if self.reject or item.guess is None:
+        if item.guess is None:
             self.parser.follow_legacy = False
-            self.report(ERROR, "legacy-stream", RESTORE, False,
+            self.report("legacy-unrecognised",
+                        f"expected a legacy stream{' ' + where if where else ''}, found bytes "
+                        "that match no legacy layout (the spec's table of first octets)")
+            return
+        if self.reject:
+            self.parser.follow_legacy = False
+            self.report("legacy-stream-rejected",
                         f"legacy stream: convert it ({what}{', ' + where if where else ''}); "
                         "Xen >= 4.6 restores it only through convert-legacy-stream")
             return
-        self.report(WARNING, "legacy-stream", RESTORE, False,
+        # libxl (xl, libvirt) and xenopsd run a converter by themselves; nothing
+        # current converts a bare stream or a xend image on restore
+        self.report("legacy-stream" if item.container in ("xl", "xl-streamv2", "libvirt",
+                                                          "xenopsd", "xenopsd-frame")
+                    else "legacy-stream-unconverted",
                     f"legacy image ({what}{', ' + where if where else ''}): Xen >= 4.6 "
                     "restores it only after conversion (xenstream convert; libxl runs its "
                     "converter by itself for xl and libvirt images when one is installed)")

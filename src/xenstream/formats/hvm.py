@@ -50,8 +50,8 @@ from __future__ import annotations
 import struct
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.layout import Layout
+from xenstream.rules import rule
 
 # -- descriptor and header ---------------------------------------------------
 
@@ -294,22 +294,31 @@ MTRR_VCNT = 8
 
 
 class Problem:
-    """One problem in an HVM context blob (a plain class: cheap to import)."""
+    """One problem in an HVM context blob (a plain class: cheap to import):
+    its rule id (severity, authority and tolerance are the rule's, in
+    :mod:`xenstream.rules`), where and what."""
 
-    __slots__ = ("severity", "rule", "authority", "tolerated", "offset", "message")
+    __slots__ = ("rule", "offset", "message")
 
-    def __init__(self, severity: str, rule: str, authority: str, tolerated: bool,
-                 offset: int, message: str) -> None:
-        self.severity = severity  # ERROR | WARNING
+    def __init__(self, rule: str, offset: int, message: str) -> None:
         self.rule = rule
-        self.authority = authority  # SPEC | RESTORE
-        self.tolerated = tolerated  # would Xen's restore accept the blob anyway?
         self.offset = offset  # of the offending descriptor within the blob
         self.message = message
 
+    @property
+    def severity(self) -> str:
+        return rule(self.rule).severity
+
+    @property
+    def tolerated(self) -> bool:
+        return rule(self.rule).tolerated
+
+    @property
+    def authority(self) -> str:
+        return rule(self.rule).authority
+
     def __repr__(self) -> str:
-        return (f"Problem({self.severity}, {self.rule}, {self.authority}, "
-                f"tolerated={self.tolerated}, offset={self.offset:#x}, {self.message!r})")
+        return f"Problem({self.rule}, offset={self.offset:#x}, {self.message!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Problem) and all(
@@ -318,7 +327,7 @@ class Problem:
     __hash__ = None  # type: ignore[assignment]
 
 
-_Add = Callable[[str, str, str, bool, int, str], None]
+_Add = Callable[[str, int, str], None]
 
 
 class Entry:
@@ -416,72 +425,88 @@ def decode_cpu(body: bytes) -> Dict[str, int]:
 # -- checking ---------------------------------------------------------------------
 
 
-def _cpu_state(body: bytes) -> List[str]:
-    """The policy-independent checks of hvm_load_cpu_ctxt() that fail."""
+def _cpu_state(body: bytes) -> List[Tuple[str, str]]:
+    """The policy-independent checks of hvm_load_cpu_ctxt() that fail, as
+    (rule, message): one rule per check that arrived in a release of its own."""
     r = decode_cpu(body)
-    bad: List[str] = []
+    bad: List[Tuple[str, str]] = []
     cr0 = r["cr0"]
     if r["pad0"]:
-        bad.append(f"expected pad0 0, found {r['pad0']:#x}")
+        bad.append(("hvm-cpu-flags", f"expected pad0 0, found {r['pad0']:#x}"))
     if cr0 & ~CR0_VALID:
-        bad.append(f"expected no reserved CR0 bits, found cr0 {cr0:#x}")
+        bad.append(("hvm-cpu-state", f"expected no reserved CR0 bits, found cr0 {cr0:#x}"))
     if not cr0 & X86_CR0_ET:
-        bad.append(f"expected CR0.ET set, found cr0 {cr0:#x}")
+        bad.append(("hvm-cpu-state", f"expected CR0.ET set, found cr0 {cr0:#x}"))
     if cr0 & (X86_CR0_PE | X86_CR0_PG) == X86_CR0_PG:
-        bad.append(f"expected CR0.PG only with CR0.PE, found cr0 {cr0:#x}")
+        bad.append(("hvm-cpu-state", f"expected CR0.PG only with CR0.PE, found cr0 {cr0:#x}"))
     if r["cr4"] & ~CR4_VALID_MAX:
-        bad.append(f"expected CR4 bits Xen can allow, found cr4 {r['cr4']:#x}")
+        bad.append(("hvm-cpu-state", f"expected CR4 bits Xen can allow, found cr4 {r['cr4']:#x}"))
     if r["cr3"] >> MAXPHYSADDR_MAX:
-        bad.append(f"expected CR3 below 2^{MAXPHYSADDR_MAX}, found {r['cr3']:#x}")
+        bad.append(("hvm-cpu-cr3", f"expected CR3 below 2^{MAXPHYSADDR_MAX}, found {r['cr3']:#x}"))
     efer = r["msr_efer"]
     if efer & ~EFER_KNOWN:
-        bad.append(f"expected only known EFER bits, found efer {efer:#x}")
+        bad.append(("hvm-cpu-efer", f"expected only known EFER bits, found efer {efer:#x}"))
     if efer & EFER_LMA and (not efer & EFER_LME or not cr0 & X86_CR0_PG):
-        bad.append(f"expected EFER.LMA only with EFER.LME and CR0.PG, found efer {efer:#x} cr0 {cr0:#x}")
+        bad.append(("hvm-cpu-state", f"expected EFER.LMA only with EFER.LME and CR0.PG, found "
+                    f"efer {efer:#x} cr0 {cr0:#x}"))
     for dr in ("dr6", "dr7"):
         if r[dr] >> 32:
-            bad.append(f"expected a 32-bit {dr.upper()}, found {r[dr]:#x}")
+            bad.append(("hvm-cpu-dr67", f"expected a 32-bit {dr.upper()}, found {r[dr]:#x}"))
     if r["flags"] & ~XEN_X86_FPU_INITIALISED:
-        bad.append(f"expected flags 0 or 1 (FPU_INITIALISED), found {r['flags']:#x}")
+        bad.append(("hvm-cpu-flags", f"expected flags 0 or 1 (FPU_INITIALISED), found "
+                    f"{r['flags']:#x}"))
     if r["msr_tsc_aux"] >> 32:
-        bad.append(f"expected a 32-bit MSR_TSC_AUX, found {r['msr_tsc_aux']:#x}")
+        bad.append(("hvm-cpu-tsc-aux", f"expected a 32-bit MSR_TSC_AUX, found "
+                    f"{r['msr_tsc_aux']:#x}"))
     return bad
 
 
-def _xsave_problem(body: bytes) -> Optional[Tuple[str, bool, str]]:
-    """hvm_load_cpu_xsave_states(): (severity, tolerated, message) or None."""
+def _xsave_problems(body: bytes) -> List[Tuple[str, str]]:
+    """hvm_load_cpu_xsave_states() and validate_xstate(): every failing check
+    as (rule, message), each rule one that arrived in a release of its own."""
     length = len(body)
     minimum = XSAVE_HDR_SIZE + XSTATE_AREA_MIN_SIZE
     if length < minimum:
-        return ERROR, False, f"expected length >= {minimum}, found {length}"
+        return [("hvm-cpu-xsave", f"expected length >= {minimum}, found {length}")]
+    out: List[Tuple[str, str]] = []
     x = XSAVE.unpack(body)
     h = XSAVE_HDR.unpack(body, offset=XSAVE_HDR_OFFSET)
     accum, xcr0, bv = x["xcr0_accum"], x["xcr0"], h["xstate_bv"]
     if bv & ~accum:
-        return ERROR, False, f"expected xstate_bv within xcr0_accum {accum:#x}, found {bv:#x}"
+        out.append(("hvm-cpu-xsave", f"expected xstate_bv within xcr0_accum {accum:#x}, "
+                    f"found {bv:#x}"))
     if xcr0 & ~accum:
-        return ERROR, False, f"expected xcr0 within xcr0_accum {accum:#x}, found {xcr0:#x}"
+        out.append(("hvm-cpu-xsave", f"expected xcr0 within xcr0_accum {accum:#x}, "
+                    f"found {xcr0:#x}"))
     if accum & ~XCR0_STATES:
-        return ERROR, False, f"expected xcr0_accum within XCR0 states {XCR0_STATES:#x}, found {accum:#x}"
+        out.append(("hvm-cpu-xsave", f"expected xcr0_accum within XCR0 states "
+                    f"{XCR0_STATES:#x}, found {accum:#x}"))
     for name, val in (("xcr0", xcr0), ("xcr0_accum", accum)):
         if not valid_xcr0(val):
-            return ERROR, False, f"expected a valid {name} (x87 set, dependent states paired), found {val:#x}"
+            out.append(("hvm-cpu-xsave", f"expected a valid {name} (x87 set, dependent "
+                        f"states paired), found {val:#x}"))
     if h["xcomp_bv"]:
         what = "compacted XSAVE area" if h["xcomp_bv"] & XSTATE_COMPACTION_ENABLED else "xcomp_bv"
-        return ERROR, False, f"expected xcomp_bv 0 (standard format), found {h['xcomp_bv']:#x} ({what})"
+        out.append(("hvm-cpu-xsave-header", f"expected xcomp_bv 0 (standard format), found "
+                    f"{h['xcomp_bv']:#x} ({what})"))
     for i in range(6):
         if h[f"reserved{i}"]:
-            return ERROR, False, f"expected XSAVE header reserved[{i}] 0, found {h[f'reserved{i}']:#x}"
+            out.append(("hvm-cpu-xsave-header", f"expected XSAVE header reserved[{i}] 0, "
+                        f"found {h[f'reserved{i}']:#x}"))
+            break
     size = XSAVE_HDR_SIZE + xstate_uncompressed_size(accum)
     if length > size:
         if any(body[size:]):
-            return ERROR, False, (f"expected length {size} for xcr0_accum {accum:#x}, found {length} "
-                                  f"with non-zero excess")
-        return WARNING, True, (f"expected length {size} for xcr0_accum {accum:#x}, found {length} "
-                               f"(zero excess, as Xen <= 4.3 wrote; accepted)")
-    if length < size:
-        return ERROR, False, f"expected length {size} for xcr0_accum {accum:#x}, found {length}"
-    return None
+            out.append(("hvm-cpu-xsave", f"expected length {size} for xcr0_accum {accum:#x}, "
+                        f"found {length} with non-zero excess"))
+        else:
+            out.append(("hvm-cpu-xsave-oversize", f"expected length {size} for xcr0_accum "
+                        f"{accum:#x}, found {length} (zero excess, as Xen <= 4.3 wrote; "
+                        "accepted)"))
+    elif length < size:
+        out.append(("hvm-cpu-xsave-short", f"expected length {size} for xcr0_accum "
+                    f"{accum:#x}, found {length}"))
+    return out
 
 
 def _msr_problem(body: bytes) -> Optional[str]:
@@ -519,7 +544,7 @@ def _device_state(typecode: int, instance: int, body: bytes) -> Optional[Tuple[s
             return "hvm-pic-state", f"expected elcr within {elcr_mask:#x}, found {p['elcr']:#x}"
     elif typecode == PCI_LINK:
         if any(body[4:8]):
-            return "hvm-pci-link", f"expected zero padding, found {body[4:8].hex()}"
+            return "hvm-pci-link-pad", f"expected zero padding, found {body[4:8].hex()}"
         for i, route in enumerate(body[:4]):
             if route >= 16:
                 return "hvm-pci-link", f"expected link {i} routed to an ISA IRQ < 16, found {route}"
@@ -551,18 +576,21 @@ def _device_state(typecode: int, instance: int, body: bytes) -> Optional[Tuple[s
     return None
 
 
-def _check_length(info: TypeInfo, length: int) -> Optional[Tuple[str, bool, str]]:
-    """(authority, tolerated, message) for a bad length of a strict/zero-extend/CPU entry."""
+def _check_length(info: TypeInfo, length: int) -> Optional[Tuple[str, str]]:
+    """(rule, message) for a bad length of a strict/zero-extend/CPU entry:
+    ``hvm-entry-length`` where the loader refuses it, ``hvm-entry-length-unusual``
+    for a shorter length it zero-extends but no release wrote."""
     known = (info.size,) + info.older
     if info.kind == KIND_STRICT:
         if length != info.size:
-            return RESTORE, False, f"expected length {info.size} (strict), found {length}"
+            return "hvm-entry-length", f"expected length {info.size} (strict), found {length}"
     elif length > info.size:
-        return RESTORE, False, f"expected length <= {info.size}, found {length}"
+        return "hvm-entry-length", f"expected length <= {info.size}, found {length}"
     elif length not in known:
         sizes = "/".join(str(s) for s in sorted(known))
-        return SPEC, True, (f"expected length {sizes}, found {length} "
-                            f"(zero-extended on load, but no Xen version writes it)")
+        return "hvm-entry-length-unusual", (f"expected length {sizes}, found {length} "
+                                            "(zero-extended on load, but no Xen version "
+                                            "writes it)")
     return None
 
 
@@ -574,14 +602,14 @@ def check_context(blob: bytes, *, nr_vcpus: Optional[int] = None) -> List[Proble
     """
     out: List[Problem] = []
 
-    def add(severity: str, rule: str, authority: str, tolerated: bool, offset: int, msg: str) -> None:
-        out.append(Problem(severity, rule, authority, tolerated, offset, msg))
+    def add(rule_id: str, offset: int, msg: str) -> None:
+        out.append(Problem(rule_id, offset, msg))
 
     n = len(blob)
     dsz = DESCRIPTOR.size
     hsz = HEADER.size
     if n < dsz:
-        add(ERROR, "hvm-header-first", RESTORE, False, 0,
+        add("hvm-header-first", 0,
             f"expected a HEADER descriptor (typecode 1, length {hsz}) first, found only {n} bytes")
         return out
 
@@ -591,20 +619,20 @@ def check_context(blob: bytes, *, nr_vcpus: Optional[int] = None) -> List[Proble
         header_ok = True
         hdr = HEADER.unpack(blob, offset=dsz)
         if hdr["magic"] != HVM_SAVE_MAGIC:
-            add(ERROR, "hvm-header-magic", RESTORE, False, 0,
+            add("hvm-header-magic", 0,
                 f"expected magic {HVM_SAVE_MAGIC:#010x}, found {hdr['magic']:#010x}")
         if hdr["version"] != HVM_SAVE_VERSION:
-            add(ERROR, "hvm-header-version", RESTORE, False, 0,
+            add("hvm-header-version", 0,
                 f"expected version {HVM_SAVE_VERSION}, found {hdr['version']}")
         if first["instance"]:
-            add(ERROR, "hvm-instance", SPEC, True, 0,
+            add("hvm-instance-nonzero", 0,
                 f"expected HEADER instance 0, found {first['instance']} (not checked on load)")
     elif first["typecode"] == HEADER_CODE:
-        add(ERROR, "hvm-header-first", RESTORE, False, 0,
+        add("hvm-header-first", 0,
             f"expected HEADER length {hsz} within the blob, found length {first['length']} "
             f"with {n - dsz} bytes left")
     else:
-        add(ERROR, "hvm-header-first", RESTORE, False, 0,
+        add("hvm-header-first", 0,
             f"expected HEADER (typecode 1) first, found {type_name(first['typecode'])} "
             f"(typecode {first['typecode']})")
 
@@ -614,48 +642,48 @@ def check_context(blob: bytes, *, nr_vcpus: Optional[int] = None) -> List[Proble
     index = 0
     while True:
         if pos == n:
-            add(ERROR, "hvm-end-missing", RESTORE, False, pos,
+            add("hvm-end-missing", pos,
                 "expected an END descriptor (typecode 0) after the last entry, found the end of the blob")
             break
         if n - pos < dsz:
-            add(ERROR, "hvm-entry-overrun", RESTORE, False, pos,
+            add("hvm-end-missing", pos,
                 f"expected a {dsz}-byte descriptor, found {n - pos} trailing bytes (and no END)")
             break
         d = DESCRIPTOR.unpack(blob, offset=pos)
         tc, inst, length = d["typecode"], d["instance"], d["length"]
         if tc == END:
             if inst or length:
-                add(ERROR, "hvm-end-nonzero", SPEC, True, pos,
+                add("hvm-end-nonzero", pos,
                     f"expected END instance 0 length 0, found instance {inst} length {length}")
             rest = n - pos - dsz
             if rest:
-                add(WARNING, "hvm-end-not-last", SPEC, True, pos,
+                add("hvm-end-not-last", pos,
                     f"expected END to end the blob, found {rest} bytes after it (ignored on load)")
             break
         if length > n - pos - dsz:
             if pos == 0 and not header_ok and tc == HEADER_CODE:
                 break  # reported as hvm-header-first
-            add(ERROR, "hvm-entry-overrun", RESTORE, False, pos,
+            add("hvm-entry-overrun", pos,
                 f"expected {type_name(tc)} length <= {n - pos - dsz} (bytes left), found {length}")
             break
         body = blob[pos + dsz : pos + dsz + length]
         if index == 0 and tc == HEADER_CODE:
             pass  # checked above
         elif tc == HEADER_CODE:
-            add(ERROR, "hvm-header-repeated", RESTORE, False, pos,
+            add("hvm-header-repeated", pos,
                 "expected HEADER only as the first entry, found another (no load handler: EINVAL)")
         elif tc not in TYPECODES:
             reserved = " (reserved range 22-34)" if 22 <= tc <= 34 else ""
-            add(ERROR, "hvm-typecode-unknown", RESTORE, False, pos,
+            add("hvm-typecode-unknown", pos,
                 f"expected a typecode 2..{HVM_SAVE_CODE_MAX}, found {tc}{reserved}")
         else:
             _check_entry(add, TYPECODES[tc], pos, inst, body, nr_vcpus)
             key = (tc, inst)
             if key in seen:
-                add(ERROR, "hvm-duplicate", SPEC, True, pos,
+                add("hvm-duplicate", pos,
                     f"expected one {type_name(tc)} instance {inst}, found another (the last one wins on load)")
             elif prev is not None and key < prev:
-                add(ERROR, "hvm-order", SPEC, True, pos,
+                add("hvm-order", pos,
                     f"expected entries in hvm_save() order, found {type_name(tc)} instance {inst} "
                     f"after {type_name(prev[0])} instance {prev[1]}")
             seen.add(key)
@@ -670,43 +698,40 @@ def _check_entry(add: _Add, info: TypeInfo, pos: int, inst: int, body: bytes,
     name = info.name
     if info.per == PER_VCPU:
         if nr_vcpus is not None and inst >= nr_vcpus:
-            add(ERROR, "hvm-instance", RESTORE, False, pos,
+            add("hvm-instance", pos,
                 f"expected {name} instance (vcpu) < {nr_vcpus}, found {inst}")
     elif info.code == PIC:
         if inst > 1:
-            add(ERROR, "hvm-instance", RESTORE, False, pos,
+            add("hvm-pic-instance", pos,
                 f"expected PIC instance 0 (master) or 1 (slave), found {inst}")
     elif inst:
-        add(ERROR, "hvm-instance", SPEC, True, pos,
+        add("hvm-instance-nonzero", pos,
             f"expected {name} instance 0, found {inst} (ignored on load)")
 
     length = len(body)
     if info.code == CPU_XSAVE:
-        xp = _xsave_problem(body)
-        if xp is not None:
-            add(xp[0], "hvm-cpu-xsave", RESTORE, xp[1], pos, xp[2])
+        for rule_id, msg in _xsave_problems(body):
+            add(rule_id, pos, msg)
         return
     if info.code == CPU_MSR:
         mp = _msr_problem(body)
         if mp is not None:
-            add(ERROR, "hvm-cpu-msr", RESTORE, False, pos, mp)
+            add("hvm-cpu-msr", pos, mp)
         return
     bad = _check_length(info, length)
     if bad is not None:
-        add(ERROR, "hvm-entry-length", bad[0], bad[1], pos, f"{name}: {bad[2]}")
-        if not bad[1]:
-            return
+        add(bad[0], pos, f"{name}: {bad[1]}")
+        if bad[0] == "hvm-entry-length":
+            return  # not loaded
     if info.code == CPU:
         if nr_vcpus is not None and inst >= nr_vcpus:
             return  # the loader stops at the missing vcpu
-        issues = _cpu_state(body)
-        if issues:
-            add(ERROR, "hvm-cpu-state", RESTORE, False, pos,
-                f"vcpu {inst}: " + "; ".join(issues))
+        for rule_id, msg in _cpu_state(body):
+            add(rule_id, pos, f"vcpu {inst}: {msg}")
         return
     dev = _device_state(info.code, inst, body.ljust(info.size, b"\0"))
     if dev is not None:
-        add(ERROR, dev[0], RESTORE, False, pos, f"{name} instance {inst}: {dev[1]}")
+        add(dev[0], pos, f"{name} instance {inst}: {dev[1]}")
 
 
 # -- a valid sample blob ---------------------------------------------------------------

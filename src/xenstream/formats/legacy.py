@@ -458,7 +458,7 @@ def physmap_xenstore(entries: List[Tuple[int, int, int, bytes]]) -> List[Tuple[b
 
 class LegacyChecker:
     """What makes a legacy stream unconvertible, or not restorable once
-    converted.  ``report(severity, rule, authority, tolerated, message)``."""
+    converted.  ``report(rule, message)`` with the ids of :mod:`xenstream.rules`."""
 
     def __init__(self, report: Callable[..., None]) -> None:
         self.report = report
@@ -477,7 +477,7 @@ class LegacyChecker:
             self.header = it
             for bid, size in it.blocks:
                 if bid not in (b"vcpu", b"extv", b"xcnt"):
-                    r("warning", "legacy-ext-block", "restore", True,
+                    r("legacy-ext-block",
                       f"unknown extended-info block {bid!r} ({size} bytes): the legacy "
                       "restorer skipped it, and so does the converter")
         elif isinstance(it, LBatchRun):
@@ -489,7 +489,7 @@ class LegacyChecker:
             bad = [e for e in it.entries if 5 <= (e & PFINFO_TYPE_MASK) >> PFINFO_TYPE_SHIFT <= 8]
             if bad:
                 e = bad[0]
-                r("error", "legacy-page-type", "restore", False,
+                r("legacy-page-type",
                   f"expected page types 0-4 and 9-15, found type "
                   f"{(e & PFINFO_TYPE_MASK) >> PFINFO_TYPE_SHIFT:#x} for pfn "
                   f"{e & PFINFO_PFN_MASK:#x}: Xen's v2 restore rejects it")
@@ -498,44 +498,45 @@ class LegacyChecker:
                 over = [e & PFINFO_PFN_MASK for e in it.entries
                         if e != XTAB_NO_PFN and (e & PFINFO_PFN_MASK) >= hdr.p2m_size]
                 if over:
-                    r("error", "legacy-pfn-range", "restore", False,
+                    r("legacy-pfn-range" if hdr.guest == "pv" else "legacy-hvm-pfn-range",
                       f"expected pfns below p2m_size {hdr.p2m_size:#x}, found {over[0]:#x}")
         elif isinstance(it, LChunk):
             if it.cid in (CHUNK_TMEM, CHUNK_TMEM_EXTRA):
                 self.tmem = True
-                r("error", "legacy-tmem", "restore", False,
+                r("legacy-tmem",
                   "the guest used tmem, which left Xen in 4.13: no current Xen restores its "
                   "tmem pages (convert with --drop-tmem to lose them knowingly)")
             elif it.cid == CHUNK_TSC_INFO and it.data is not None:
                 mode = struct.unpack_from("<I", it.data)[0]
                 if mode == 3:
-                    r("warning", "legacy-tsc-mode", "restore", False,
+                    r("legacy-tsc-pvrdtscp",
                       "TSC mode 3 (PVRDTSCP): Xen >= 4.12 refuses to restore it")
                 elif mode > 3:
-                    r("error", "legacy-tsc-mode", "restore", False,
+                    r("legacy-tsc-mode",
                       f"expected TSC mode 0-3, found {mode}")
             elif it.cid == CHUNK_ENABLE_VERIFY_MODE:
                 self.verify_mode = True
+            elif it.cid == CHUNK_TOOLSTACK and it.data is None:
+                r("legacy-toolstack-size", f"a toolstack record of {it.length} bytes, more than "
+                  f"{TOOLSTACK_MAX}: skipped, not checked")
             elif (it.cid == CHUNK_TOOLSTACK and it.data is not None and self.header is not None
                   and self.header.guest == "hvm"):
                 try:
                     parse_physmap(it.data, self.header.width)
                 except ValueError as e:
-                    r("error", "legacy-toolstack", "restore", False,
+                    r("legacy-toolstack",
                       f"expected libxl's physmap toolstack record, found: {e}")
         elif isinstance(it, LHvmTail):
             from xenstream.formats import hvm
 
+            # the converted stream carries the blob as it is: its own rules
             for p in hvm.check_context(it.context):
-                if p.severity == "error" and not p.tolerated:
-                    r("warning", p.rule, "restore", True,
-                      f"HVM context entry at blob offset {p.offset:#x}: {p.message} (current "
-                      "Xen may refuse this saved state)")
+                r(p.rule, f"HVM context entry at blob offset {p.offset:#x}: {p.message}")
         elif isinstance(it, LQemu):
             self.qemu_kind = it.qkind
         elif isinstance(it, LCheckpointEnd):
             self.checkpoints = it.number
         elif isinstance(it, LTruncated):
             self.truncated_in = it.number
-            r("warning", "legacy-checkpoint-eof" if it.cut else "legacy-checkpoint-bad", "restore",
-              True, f"{it.describe()}: a restore fails over to checkpoint {it.number - 1}")
+            r("legacy-checkpoint-eof" if it.cut else "legacy-checkpoint-bad",
+              f"{it.describe()}: a restore fails over to checkpoint {it.number - 1}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.layout import Layout
 
 MAGIC = b"libvirt-xml\n \0 \r"
@@ -34,6 +33,7 @@ class LibvirtInfo:
         self.xml: Optional[bytes] = None
         self.name: Optional[str] = None
         self.domain_type: Optional[str] = None  # "hvm" / "pv" from <os><type>
+        self.os_type: Optional[str] = None  # <os><type> as written ("hvm", "xenpvh", "xen")
         self.vcpus: Optional[int] = None  # <vcpu>
 
 
@@ -48,37 +48,37 @@ class LibvirtChecker:
         i.version = f["version"]
         i.xml_len = f["xml_len"]
         if f["version"] > VERSION_MAX:
-            r(ERROR, "libvirt-version", RESTORE, False,
+            r("libvirt-version",
               f"expected version 1 or 2, found {f['version']} (libvirt: \"image version is not "
               "supported\")")
         elif f["version"] == 0:
-            r(ERROR, "libvirt-version", SPEC, True,
+            r("libvirt-version-zero",
               "expected version 1 or 2, found 0: libvirt accepts it and libxl reads the stream "
               "as v2")
         if f["xml_len"] == 0:
-            r(ERROR, "libvirt-xml-length", RESTORE, False,
+            r("libvirt-xml-length",
               "expected a non-zero xmlLen, found 0 (libvirt: \"invalid XML length\")")
         unused = [n for n in HDR.names if n.startswith("unused") and f[n]]
         if unused:
-            r(ERROR, "libvirt-reserved", SPEC, True,
+            r("libvirt-reserved",
               f"expected the unused header words zero, found {', '.join(unused)} non-zero")
 
     def xml(self, data: Optional[bytes]) -> None:
         """The XML as stored (``xmlLen`` bytes), or None when too large to hold."""
         r = self.report
         if data is None:
-            r(WARNING, "libvirt-xml-size", SPEC, True,
+            r("libvirt-xml-size",
               f"domain XML of {self.info.xml_len} bytes not checked: larger than xenstream holds")
             return
         if not data.endswith(b"\0"):
-            r(ERROR, "libvirt-xml-nul", RESTORE, False,
+            r("libvirt-xml-nul",
               "expected the domain XML to end with a NUL (libvirt parses it as a C string), "
               "found none")
             text = data
         else:
             text = data[:-1]
             if b"\0" in text:
-                r(ERROR, "libvirt-xml-nul", SPEC, True,
+                r("libvirt-xml-nul-inner",
                   "expected one NUL, at the end of the XML, found another inside it")
                 text = text.split(b"\0", 1)[0]
         self.info.xml = text
@@ -87,11 +87,11 @@ class LibvirtChecker:
 
             root = ET.fromstring(text)
         except Exception as e:  # noqa: BLE001 - any parse failure is a finding
-            r(ERROR, "libvirt-xml", RESTORE, False,
+            r("libvirt-xml",
               f"expected a well-formed domain XML, found unparsable data ({e})")
             return
         if root.tag != "domain":
-            r(ERROR, "libvirt-xml", RESTORE, False,
+            r("libvirt-xml",
               f"expected a <domain> element, found <{root.tag}>")
             return
         name = root.find("name")
@@ -102,6 +102,7 @@ class LibvirtChecker:
         ostype = root.find("os/type")
         if ostype is not None and ostype.text:
             t = ostype.text.strip().lower()
+            self.info.os_type = t
             self.info.domain_type = {"hvm": "hvm", "xen": "pv", "linux": "pv",
                                      "xenpvh": "hvm"}.get(t)
 
@@ -109,11 +110,11 @@ class LibvirtChecker:
         """``kind`` of what follows the XML: "libxl" or "legacy" (from content)."""
         v = self.info.version
         if kind == "libxl" and v == VERSION_LEGACY:
-            self.report(ERROR, "libvirt-version-lie", RESTORE, False,
+            self.report("libvirt-version-lie",
                         "expected a legacy stream (header version 1), found a libxl v2 stream: "
                         "libxl would run the legacy converter on it and fail (the 2016 "
                         "libvirt version mix-up)")
         elif kind == "legacy" and v != VERSION_LEGACY:
-            self.report(ERROR, "libvirt-version-lie", RESTORE, False,
+            self.report("libvirt-version-lie",
                         f"expected a libxl v2 stream (header version {v}), found a legacy "
                         "stream: libxl would read it as v2 and fail")

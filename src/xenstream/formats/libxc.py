@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.formats import pv
 from xenstream.formats.libxc_hvm import (
     CPUID_LEAF,
@@ -242,18 +241,18 @@ class LibxcChecker:
         s = self.s
         s.version = f["version"]
         if f["version"] not in IHDR_VERSIONS:
-            r(ERROR, "ihdr-version", RESTORE, False,
+            r("ihdr-version",
               f"expected version 2 or 3, found {f['version']}")
         if f["options"] & IHDR_OPT_BE:
             s.endian = ">"
-            r(ERROR, "ihdr-big-endian", RESTORE, False,
+            r("ihdr-big-endian",
               "expected a little-endian stream (options bit 0 clear), found a big-endian "
               "stream: parsed in its byte order, but Xen on x86 refuses to restore it")
         if f["options"] & IHDR_OPT_RESERVED:
-            r(ERROR, "ihdr-options-reserved", SPEC, True,
+            r("ihdr-options-reserved",
               f"expected reserved option bits 1-15 zero, found options {f['options']:#06x}")
         if f["_res1"] or f["_res2"]:
-            r(ERROR, "ihdr-reserved", SPEC, True,
+            r("ihdr-reserved",
               f"expected reserved fields zero, found {f['_res1']:#x}/{f['_res2']:#x}")
 
     def domain_header(self, f: Dict[str, int]) -> None:
@@ -266,13 +265,13 @@ class LibxcChecker:
             s.guest = GUEST_HVM
         else:
             name = DHDR_TYPE_NAMES.get(f["type"], "unknown")
-            r(ERROR, "dhdr-type", RESTORE, False,
+            r("dhdr-type",
               f"expected domain type 1 (x86 PV) or 2 (x86 HVM), found {f['type']} ({name})")
         if f["page_shift"] != PAGE_SHIFT:
-            r(ERROR, "dhdr-page-shift", RESTORE, False,
+            r("dhdr-page-shift",
               f"expected page_shift 12, found {f['page_shift']}")
         if f["_res1"]:
-            r(ERROR, "dhdr-reserved", SPEC, True,
+            r("dhdr-reserved",
               f"expected reserved field zero, found {f['_res1']:#x}")
         if f["xen_major"] == 0:
             s.converted_from_legacy = True
@@ -304,34 +303,34 @@ class LibxcChecker:
 
         if rtype & REC_TYPE_OPTIONAL:
             if base in RECORD_NAMES:
-                r(WARNING, "optional-known-type", RESTORE, True,
+                r("optional-known-type",
                   f"{record_name(rtype)} has the optional bit set: Xen's restore ignores it "
                   "rather than applying it")
             else:
-                r(WARNING, "optional-record", SPEC, True,
+                r("optional-record",
                   "optional record of unknown type: skipped, as the restorer does")
             return
         if rtype not in RECORD_NAMES:
-            r(ERROR, "unknown-mandatory", RESTORE, False,
+            r("unknown-mandatory",
               f"expected a known record type (0x00-0x12) or the optional bit, found {rtype:#010x}")
             return
 
         if rtype in V3_ONLY and s.version == 2:
-            r(ERROR, "v3-record-in-v2", SPEC, True,
+            r("v3-record-in-v2",
               f"{RECORD_NAMES[rtype]} exists only in version 3 streams, found in version 2")
         if s.guest == GUEST_HVM and rtype in PV_ONLY:
-            r(ERROR, "pv-record-in-hvm", RESTORE, False,
+            r("pv-record-in-hvm",
               f"{RECORD_NAMES[rtype]} is a PV record; an HVM restore fails on it "
               "(mandatory record not handled)")
             return
         if s.guest == GUEST_PV and rtype in HVM_ONLY:
-            r(ERROR, "hvm-record-in-pv", RESTORE, False,
+            r("hvm-record-in-pv",
               f"{RECORD_NAMES[rtype]} is an HVM record; a PV restore fails on it "
               "(mandatory record not handled)")
             return
 
         if rtype in NO_BODY and length != 0:
-            r(ERROR, "record-length-zero", SPEC, True,
+            r("record-length-zero",
               f"expected body length 0, found {length}")
 
         self._handlers[rtype](length, body, read_prefix)
@@ -342,7 +341,7 @@ class LibxcChecker:
         self.s.ended = True
 
     def _rec_toolstack(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self.report(ERROR, "toolstack-record", RESTORE, False,
+        self.report("toolstack-record",
                     "TOOLSTACK records are obsolete: Xen's restore rejects them as an unhandled "
                     "mandatory record")
 
@@ -353,7 +352,7 @@ class LibxcChecker:
         self.s.checkpoints += 1
 
     def _rec_checkpoint_dirty_pfn_list(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
-        self.report(ERROR, "dirty-pfn-list-forward", RESTORE, False,
+        self.report("dirty-pfn-list-forward",
                     "CHECKPOINT_DIRTY_PFN_LIST belongs to the COLO back channel, found in the "
                     "forward stream")
 
@@ -361,7 +360,7 @@ class LibxcChecker:
         s = self.s
         if s.static_data_end:
             how = " (inferred at the first PAGE_DATA/X86_PV_P2M_FRAMES of a v2 stream)" if s.static_data_end_inferred else ""
-            self.report(ERROR, "static-data-end-once", RESTORE, False,
+            self.report("static-data-end-once",
                         f"expected one STATIC_DATA_END, found a second{how}")
         s.static_data_end = True
 
@@ -376,5 +375,5 @@ class LibxcChecker:
         elif s.guest == GUEST_HVM:
             self.hvm.finish()
         if s.version >= 3 and not s.static_data_end and not s.static_data_end_missing:
-            r(ERROR, "static-data-end-missing", RESTORE, False,
+            r("static-data-end-absent",
               "expected a STATIC_DATA_END record in a version 3 stream, found none")

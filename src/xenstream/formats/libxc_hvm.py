@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.formats import hvm
 from xenstream.formats.libxc_state import LibxcState, RecordFamily, Report
 from xenstream.layout import Layout
@@ -57,63 +56,62 @@ class HvmRecords(RecordFamily):
     def rec_x86_tsc_info(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         r = self.report
         if length != X86_TSC_INFO.size:
-            r(ERROR, "tsc-info-length", RESTORE, False, f"expected 24 bytes, found {length}")
+            r("tsc-info-length", f"expected 24 bytes, found {length}")
             return
         assert body is not None
         f = X86_TSC_INFO.unpack(body, self.s.endian)
         if f["mode"] == 3:
-            r(ERROR, "tsc-mode-pvrdtscp", RESTORE, False,
+            r("tsc-mode-pvrdtscp",
               "expected TSC mode 0-2, found 3 (PVRDTSCP): Xen >= 4.12 refuses it")
         elif f["mode"] > 3:
-            r(ERROR, "tsc-mode", RESTORE, False, f"expected TSC mode 0-2, found {f['mode']}")
+            r("tsc-mode", f"expected TSC mode 0-2, found {f['mode']}")
         if f["_res1"]:
-            r(ERROR, "tsc-info-reserved", SPEC, True,
+            r("tsc-info-reserved",
               f"expected reserved field zero, found {f['_res1']:#x}")
 
     def rec_hvm_context(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         r = self.report
         if length == 0:
-            r(ERROR, "hvm-context-empty", RESTORE, False, "expected an HVM context, found 0 bytes")
+            r("hvm-context-empty", "expected an HVM context, found 0 bytes")
             return
         assert body is not None
         self.s.hvm_context = True
         for p in hvm.check_context(body, nr_vcpus=self.nr_vcpus):
-            r(p.severity, p.rule, p.authority, p.tolerated,
-              f"HVM context entry at blob offset {p.offset:#x}: {p.message}")
+            r(p.rule, f"HVM context entry at blob offset {p.offset:#x}: {p.message}")
         self.s.hvm_vcpus = hvm.cpu_instances(body)
 
     def rec_hvm_params(self, length: int, body: Optional[bytes], _rp: Callable[[int], bytes]) -> None:
         r = self.report
         assert body is not None
         if length < 8:
-            r(ERROR, "hvm-params-length", RESTORE, False, f"expected at least 8 bytes, found {length}")
+            r("hvm-params-length", f"expected at least 8 bytes, found {length}")
             return
         h = HVM_PARAMS_HDR.unpack(body, self.s.endian)
         if h["_res1"]:
-            r(ERROR, "hvm-params-reserved", SPEC, True,
+            r("hvm-params-reserved",
               f"expected reserved field zero, found {h['_res1']:#x}")
         if length != 8 + 16 * h["count"]:
-            r(ERROR, "hvm-params-length", RESTORE, False,
+            r("hvm-params-length" if length < 8 + 16 * h["count"] else "hvm-params-length-extra",
               f"expected {8 + 16 * h['count']} bytes for {h['count']} params, found {length}")
             return
         if h["count"] == 0:
-            r(WARNING, "errata-zero-content", SPEC, True,
+            r("errata-zero-content",
               "HVM_PARAMS with no params (tolerated: errata for Xen 4.6-4.8 senders)")
             return
         for i in range(h["count"]):
             e = HVM_PARAMS_ENTRY.unpack(body, self.s.endian, 8 + 16 * i)
             if e["index"] >= HVM_NR_PARAMS:
-                r(ERROR, "hvm-params-index", RESTORE, False,
+                r("hvm-params-index",
                   f"expected param index < {HVM_NR_PARAMS}, found {e['index']}")
 
     def _policy(self, name: str, length: int, unit: int) -> None:
         s = self.s
         r = self.report
         if length == 0 or length % unit:
-            r(ERROR, "policy-length", RESTORE, False,
+            r("policy-length",
               f"expected a non-zero multiple of {unit} bytes, found {length}")
         if s.static_data_end:
-            r(ERROR, "policy-after-static-data-end", SPEC, True,
+            r("policy-after-static-data-end",
               f"expected {name} before STATIC_DATA_END, found after it: Xen's restore accepts "
               "it but never applies it")
 
@@ -126,12 +124,12 @@ class HvmRecords(RecordFamily):
             for i in range(length // 16):
                 e = MSR_ENTRY.unpack(body, self.s.endian, 16 * i)
                 if e["flags"]:
-                    self.report(ERROR, "msr-policy-flags", SPEC, True,
+                    self.report("msr-policy-flags",
                                 f"expected flags of MSR entry {i} zero, found {e['flags']:#x}")
                     break
 
     def finish(self) -> None:
         """The HVM rules checked when the stream ends."""
         if not self.s.hvm_context:
-            self.report(ERROR, "hvm-context-missing", RESTORE, False,
+            self.report("hvm-context-missing",
                         "expected an HVM_CONTEXT record in an HVM stream, found none")

@@ -14,7 +14,6 @@ import struct
 import sys
 from typing import Callable, Optional, Tuple
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.formats.libxc_state import GUEST_PV, RecordFamily
 from xenstream.layout import Layout
 
@@ -120,45 +119,45 @@ class PageDataRecords(RecordFamily):
         if s.version == 2 or not s.static_data_end:
             self._infer_static_data_end()
         if s.guest == GUEST_PV and not s.seen_p2m:
-            r(ERROR, "page-data-before-p2m", RESTORE, False,
+            r("page-data-before-p2m",
               "expected X86_PV_P2M_FRAMES before the first PAGE_DATA of a PV stream, found none")
             s.seen_p2m = True  # report once
         if length < 8:
-            r(ERROR, "page-data-length", RESTORE, False,
+            r("page-data-length",
               f"expected a body of at least 8 bytes, found {length}")
             return
         count, res1 = _U32X2[s.endian].unpack(read_prefix(8))
         if res1:
-            r(ERROR, "page-data-reserved", SPEC, True,
+            r("page-data-reserved",
               f"expected reserved field zero, found {res1:#x}")
         if count == 0:
-            r(ERROR, "page-data-count", RESTORE, False, "expected at least 1 pfn, found count 0")
+            r("page-data-count", "expected at least 1 pfn, found count 0")
             return
         if length < 8 + 8 * count:
-            r(ERROR, "page-data-length", RESTORE, False,
+            r("page-data-length",
               f"expected at least {8 + 8 * count} bytes for {count} pfns, found {length}")
             return
         if count > MAX_BATCH_SIZE:
-            r(WARNING, "page-data-batch", SPEC, True,
+            r("page-data-batch",
               f"{count} pfns in one record; Xen's saver sends at most {MAX_BATCH_SIZE}")
         raw = read_prefix(8 * count)
         scan = scan_pfns(raw, s.endian)
         n_data = scan.n_data
         if scan.reserved:
-            r(ERROR, "page-data-pfn-reserved", SPEC, True,
+            r("page-data-pfn-reserved",
               f"expected pfn bits 52-59 zero, found them set in {scan.reserved} "
               f"entr{'y' if scan.reserved == 1 else 'ies'}")
         if scan.bad_types:
             bad = [f"{e >> PAGE_DATA_TYPE_SHIFT:#x} (pfn {e & PAGE_DATA_PFN_MASK:#x})"
                    for e in scan.entries() if (e >> PAGE_DATA_TYPE_SHIFT) not in KNOWN_PAGE_TYPES]
-            r(ERROR, "page-data-type", RESTORE, False,
+            r("page-data-type",
               f"expected page types 0-4, 9-15, found {', '.join(bad[:4])}"
               + (f" and {len(bad) - 4} more" if len(bad) > 4 else ""))
         if s.pfns_max is None or scan.max_pfn > s.pfns_max:
             s.pfns_max = scan.max_pfn
         if s.guest == GUEST_PV and s.max_pfn is not None and scan.max_pfn > s.max_pfn:
             beyond = [p for p in scan.pfns if p > s.max_pfn]
-            r(ERROR, "page-data-pfn-range", RESTORE, False,
+            r("page-data-pfn-range",
               f"expected pfns <= max_pfn {s.max_pfn:#x} (from X86_PV_P2M_FRAMES), found "
               f"{', '.join(hex(p) for p in beyond[:4])}"
               + (f" and {len(beyond) - 4} more" if len(beyond) > 4 else ""))
@@ -170,7 +169,7 @@ class PageDataRecords(RecordFamily):
         if not scan.bad_types:
             want = 8 + 8 * count + PAGE_SIZE * n_data
             if length != want:
-                r(ERROR, "page-data-length", RESTORE, False,
+                r("page-data-length",
                   f"expected {want} bytes ({count} pfns, {n_data} with page data), found {length}")
         s.pages += n_data
         s.page_records += 1

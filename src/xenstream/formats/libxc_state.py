@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Set
 
-from xenstream.findings import ERROR, RESTORE
-
 GUEST_PV = "pv"
 GUEST_HVM = "hvm"
 
@@ -76,7 +74,7 @@ class RecordFamily:
             # and leave the later records' rules to judge them on their own
             if not s.static_data_end_missing:
                 s.static_data_end_missing = True
-                self.report(ERROR, "static-data-end-missing", RESTORE, False,
+                self.report("static-data-end-missing",
                             "expected STATIC_DATA_END before the first PAGE_DATA and "
                             "X86_PV_P2M_FRAMES in a version 3 stream, found none")
             return

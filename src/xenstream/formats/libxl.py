@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.layout import Layout
 
 HDR_IDENT = 0x4C6962786C466D74  # "LibxlFmt"
@@ -71,6 +70,10 @@ def record_name(rtype: int) -> str:
 XENSTORE_ITEM_MAX = 1 << 20
 
 
+#: iter_xenstore_data's error for a pair longer than anyone holds
+ITEM_TOO_LONG = f"expected a key/value pair of at most {XENSTORE_ITEM_MAX} bytes each, found a longer one"
+
+
 def iter_xenstore_data(chunks: Iterable[bytes]) -> Iterator[Tuple[int, bytes, Optional[bytes], Optional[str]]]:
     """Split ``key\0value\0...`` arriving in chunks, in bounded memory.
 
@@ -93,7 +96,7 @@ def iter_xenstore_data(chunks: Iterable[bytes]) -> Iterator[Tuple[int, bytes, Op
         carry = buf[pos:]
         base += pos
         if len(carry) > 2 * XENSTORE_ITEM_MAX:
-            yield base, carry[:32], None, f"expected a key/value pair of at most {XENSTORE_ITEM_MAX} bytes each, found a longer one"
+            yield base, carry[:32], None, ITEM_TOO_LONG
             return
     if carry:
         k_end = carry.find(b"\0")
@@ -126,17 +129,17 @@ class LibxlChecker:
     def header(self, f: Dict[str, int]) -> None:
         r = self.report
         if f["version"] != HDR_VERSION:
-            r(ERROR, "libxl-version", RESTORE, False,
+            r("libxl-version",
               f"expected version 2, found {f['version']}")
         if f["options"] & HDR_OPT_BE:
             self.s.endian = ">"
-            r(ERROR, "libxl-big-endian", RESTORE, False,
+            r("libxl-big-endian",
               "expected a little-endian stream (options bit 0 clear), found a big-endian stream: "
               "parsed in its byte order, but libxl on x86 refuses to restore it")
         if f["options"] & HDR_OPT_LEGACY:
             self.s.legacy_converted = True
         if f["options"] & HDR_OPT_RESERVED:
-            r(ERROR, "libxl-options-reserved", SPEC, True,
+            r("libxl-options-reserved",
               f"expected reserved option bits 2-31 zero, found options {f['options']:#010x}")
 
     def record(self, rtype: int, length: int, body: Optional[bytes], *,
@@ -150,43 +153,45 @@ class LibxlChecker:
         s = self.s
         if rtype not in RECORD_NAMES:
             opt = " (the optional bit is set, but libxl has no optional records)" if rtype & REC_TYPE_OPTIONAL else ""
-            r(ERROR, "libxl-unknown-record", RESTORE, False,
+            r("libxl-unknown-record",
               f"expected a libxl record type 0-5, found {rtype:#010x}{opt}")
             return
         if rtype == REC_TYPE_END:
             if length:
-                r(ERROR, "record-length-zero", SPEC, True, f"expected body length 0, found {length}")
+                r("libxl-record-length-zero", f"expected body length 0, found {length}")
             if s.libxc_contexts == 0:
-                r(ERROR, "libxl-no-libxc-context", SPEC, False,
+                r("libxl-no-libxc-context",
                   "expected a LIBXC_CONTEXT record before END, found none: the image holds no "
                   "domain memory")
             if in_checkpoint:
-                r(ERROR, "libxl-end-in-checkpoint", RESTORE, False,
+                # after a complete checkpoint, libxl buffers END, reads on and fails over
+                r("libxl-end-in-checkpoint" if not s.checkpoint_ends
+                  else "libxl-end-in-checkpoint-failover",
                   "expected CHECKPOINT_END to close the checkpoint, found END")
             s.ended = True
         elif rtype == REC_TYPE_LIBXC_CONTEXT:
             if length:
-                r(ERROR, "record-length-zero", SPEC, True, f"expected body length 0, found {length}")
+                r("libxl-record-length-zero", f"expected body length 0, found {length}")
             if s.libxc_contexts:
-                r(ERROR, "libxl-libxc-context-once", SPEC, False,
+                r("libxl-libxc-context-once",
                   "expected one LIBXC_CONTEXT record, found a second")
             s.libxc_contexts += 1
         elif rtype in (REC_TYPE_EMULATOR_XENSTORE_DATA, REC_TYPE_EMULATOR_CONTEXT):
             name = RECORD_NAMES[rtype]
             if guest is not None and guest != "hvm":
-                r(ERROR, "libxl-emulator-not-hvm", RESTORE, False,
+                r("libxl-emulator-not-hvm",
                   f"{name} is only valid for an HVM guest, found in a {guest.upper()} stream")
             if not after_libxc:
-                r(ERROR, "libxl-emulator-order", SPEC, False,
+                r("libxl-emulator-order",
                   f"expected {name} after the libxc stream, found it before LIBXC_CONTEXT")
             if length < 8:
-                r(ERROR, "libxl-emulator-length", RESTORE, False,
+                r("libxl-emulator-length",
                   f"expected at least 8 bytes (emulator_id, index), found {length}")
                 return
             assert body is not None
             h = EMULATOR_HDR.unpack(body, s.endian)
             if h["id"] not in EMULATOR_NAMES:
-                r(ERROR, "libxl-emulator-id", SPEC, True,
+                r("libxl-emulator-id",
                   f"expected emulator_id 0-2, found {h['id']}")
             s.emulator_ids.append(h["id"])
             if rtype == REC_TYPE_EMULATOR_XENSTORE_DATA:
@@ -194,37 +199,36 @@ class LibxlChecker:
             else:
                 s.emulator_context_bytes += length - 8
                 if length == 8:
-                    r(WARNING, "libxl-emulator-context-empty", SPEC, True,
+                    r("libxl-emulator-context-empty",
                       "EMULATOR_CONTEXT carries no emulator state")
                 elif body[8:12] != QEVM_MAGIC[: min(4, length - 8)] and h["id"] == EMULATOR_QEMU_UPSTREAM:
-                    r(WARNING, "libxl-emulator-context-magic", SPEC, True,
+                    r("libxl-emulator-context-magic",
                       f"expected qemu-upstream state to start with 'QEVM', found {body[8:12]!r}")
         elif rtype == REC_TYPE_CHECKPOINT_END:
             if length:
-                r(ERROR, "record-length-zero", SPEC, True, f"expected body length 0, found {length}")
+                r("libxl-record-length-zero", f"expected body length 0, found {length}")
             if not in_checkpoint:
-                r(ERROR, "libxl-checkpoint-end-unexpected", RESTORE, False,
+                r("libxl-checkpoint-end-unexpected",
                   "expected CHECKPOINT_END only after a libxc CHECKPOINT, found it outside a "
                   "checkpoint (\"Unexpected CHECKPOINT_END record in stream\")")
             s.checkpoint_ends += 1
         elif rtype == REC_TYPE_CHECKPOINT_STATE:
             s.checkpoint_states += 1
             if not colo:
-                r(ERROR, "libxl-checkpoint-state-unexpected", RESTORE, False,
+                r("libxl-checkpoint-state-unexpected",
                   "expected CHECKPOINT_STATE only after CHECKPOINT_END of a COLO checkpoint, "
                   "found it elsewhere")
             if length == 0:
-                r(ERROR, "libxl-checkpoint-state-length", RESTORE, False,
+                r("libxl-checkpoint-state-empty",
                   "expected 4 bytes (control_id), found 0: libxl dereferences NULL on this")
                 return
             if length != 4:
-                r(ERROR, "libxl-checkpoint-state-length", SPEC, length >= 4,
-                  f"expected 4 bytes (control_id), found {length}")
+                r("libxl-checkpoint-state-length", f"expected 4 bytes (control_id), found {length}")
             if length >= 4:
                 assert body is not None
                 cid = CHECKPOINT_STATE.unpack(body, s.endian)["control_id"]
                 if cid != CHECKPOINT_NEW:
-                    r(ERROR, "libxl-checkpoint-state-id", RESTORE, False,
+                    r("libxl-checkpoint-state-id",
                       f"expected control_id 0 (NEW) on the primary-to-secondary stream, found "
                       f"{cid} ({CHECKPOINT_STATE_NAMES.get(cid, 'unknown')})")
 
@@ -233,18 +237,19 @@ class LibxlChecker:
         for off, key, value, err in iter_xenstore_data(chunks):
             at = f"key/value pair at body offset {8 + off:#x}"
             if err:
-                r(ERROR, "libxl-xenstore-nul", RESTORE, False, f"{at}: {err}")
+                r("libxl-xenstore-item-size" if err is ITEM_TOO_LONG else "libxl-xenstore-nul",
+                  f"{at}: {err}")
                 return
             if not key:
-                r(ERROR, "libxl-xenstore-key-empty", RESTORE, False, f"{at}: expected a key, found an empty one")
+                r("libxl-xenstore-key-empty", f"{at}: expected a key, found an empty one")
                 continue
             if key.startswith(b"/"):
-                r(ERROR, "libxl-xenstore-key-absolute", RESTORE, False,
+                r("libxl-xenstore-key-absolute",
                   f"{at}: expected a relative key, found {key.decode('latin-1')!r}")
                 continue
             bad = set(key) - KEY_CHARS
             if bad:
-                r(ERROR, "libxl-xenstore-key-chars", SPEC, True,
+                r("libxl-xenstore-key-chars",
                   f"{at}: expected key characters alphanumeric or -/_@, found {key.decode('latin-1')!r}")
             self.s.xenstore_keys += 1
             assert value is not None

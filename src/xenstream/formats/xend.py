@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Tuple
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.formats.sexp import Sexp, SexpError, parse_sxp
 
 MAGIC = b"LinuxGuestRecord"
@@ -59,13 +58,13 @@ class XendChecker:
     def header(self, config_len: int) -> None:
         self.info.config_len = config_len
         if config_len <= 0:
-            self.report(ERROR, "xend-config-length", RESTORE, False,
+            self.report("xend-config-length",
                         f"expected a positive config length, found {config_len}")
 
     def config(self, data: Optional[bytes]) -> Tuple[Optional[str], Optional[str]]:
         r = self.report
         if data is None:
-            r(WARNING, "xend-config-size", SPEC, True,
+            r("xend-config-size",
               f"configuration of {self.info.config_len} bytes not checked: larger than "
               "xenstream holds")
             return None, None
@@ -75,18 +74,18 @@ class XendChecker:
         except UnicodeDecodeError:
             text = data.decode("latin-1")
         if text.endswith("\0"):
-            r(WARNING, "xend-config-nul", SPEC, True,
+            r("xend-config-nul",
               "the configuration ends with a NUL, which xend never wrote")
             text = text.rstrip("\0")
         try:
             sx = parse_sxp(text)
         except SexpError as e:
-            r(ERROR, "xend-config-sxp", RESTORE, False,
+            r("xend-config-sxp",
               f"expected an S-expression domain configuration, found unparsable text ({e})")
             return None, None
         self.info.sxp = sx
         if not (isinstance(sx, list) and sx and sx[0] == "domain"):
-            r(ERROR, "xend-config-sxp", RESTORE, False,
+            r("xend-config-sxp",
               "expected a (domain ...) configuration, found "
               f"{(sx[0] if isinstance(sx, list) and sx else sx)!r}")
             return None, None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Set
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.formats.sexp import SexpError, parse_sxp
 from xenstream.layout import Layout
 
@@ -87,59 +86,59 @@ class XenopsdChecker:
         name = frame_name(ftype)
         i.frames.append(name)
         if ftype not in FRAME_NAMES:
-            r(ERROR, "xenopsd-frame-type", RESTORE, False,
+            r("xenopsd-frame-type",
               f"expected a known frame type, found {ftype:#x} (xenopsd: Invalid_header_type)")
             return
         if ftype in (LIBXL, QEMU_XEN):
-            r(ERROR, "xenopsd-frame-unsupported", RESTORE, False,
+            r("xenopsd-frame-unsupported",
               f"{name} frames are defined but xenopsd refuses them on restore")
         if ftype in self._seen and ftype != END_OF_IMAGE:
-            r(WARNING, "xenopsd-frame-repeated", SPEC, True,
+            r("xenopsd-frame-repeated",
               f"a second {name} frame: xenopsd processes each in turn")
         self._seen.add(ftype)
         if ftype == XENOPS and i.frames[:-1]:
-            r(ERROR, "xenopsd-frame-order", SPEC, True,
+            r("xenopsd-frame-order",
               "expected the Xenops frame first, as xenopsd writes it, found it later")
         if ftype in (LIBXC, LIBXC_LEGACY):
             i.memory_images += 1
             if length:
-                r(WARNING, "xenopsd-frame-length", SPEC, True,
+                r("xenopsd-frame-length",
                   f"{name} frame length {length}: xenopsd writes 0 and ignores the field")
         if ftype == QEMU_TRAD:
             if length > QEMU_RECORD_MAX:
-                r(ERROR, "xenopsd-qemu-size", RESTORE, False,
+                r("xenopsd-qemu-size",
                   f"expected a qemu record of at most {QEMU_RECORD_MAX} bytes, found {length} "
                   "(xenopsd: \"QEMU record length in header too large\")")
             if length >= 4 and head[:4] != QEVM:
-                r(WARNING, "xenopsd-qemu-magic", SPEC, True,
+                r("xenopsd-qemu-magic",
                   f"expected qemu state to start with 'QEVM', found {head[:4]!r}")
         if ftype == DEMU:
-            r(ERROR, "xenopsd-demu", SPEC, True,
+            r("xenopsd-demu",
               "a Demu (vGPU) frame in the main image: its format is private to the vGPU "
               "emulator, so nothing after it can be checked")
         if ftype == END_OF_IMAGE:
             i.ended = True
             if length:
-                r(WARNING, "xenopsd-frame-length", SPEC, True,
+                r("xenopsd-frame-length",
                   f"End_of_image length {length}: xenopsd writes 0")
 
     def metadata(self, data: Optional[bytes]) -> None:
         r = self.report
         i = self.info
         if data is None:
-            r(WARNING, "xenopsd-metadata-size", SPEC, True,
+            r("xenopsd-metadata-size",
               "Xenops metadata not checked: larger than xenstream holds")
             return
         i.metadata = data
         try:
             sx = parse_sxp(data.decode("utf-8"))
         except (UnicodeDecodeError, SexpError) as e:
-            r(ERROR, "xenopsd-metadata", RESTORE, False,
+            r("xenopsd-metadata",
               f"expected the Xenops record as an S-expression, found unparsable data ({e})")
             return
         if not isinstance(sx, list) or not all(isinstance(f, list) and len(f) >= 1
                                                 and isinstance(f[0], str) for f in sx):
-            r(ERROR, "xenopsd-metadata", RESTORE, False,
+            r("xenopsd-metadata",
               "expected a list of (field value) pairs, found another shape")
             return
         for f in sx:
@@ -148,25 +147,26 @@ class XenopsdChecker:
             i.fields[f[0]] = val if isinstance(val, str) else repr(val)
         missing = [k for k in ("time", "word_size") if k not in i.fields]
         if missing:
-            r(ERROR, "xenopsd-metadata", RESTORE, False,
+            r("xenopsd-metadata",
               f"expected fields time and word_size, found no {' or '.join(missing)}")
         unknown = sorted(set(i.fields) - {"time", "word_size", "vm_str", "xs_subtree"})
         if unknown:
-            r(WARNING, "xenopsd-metadata-fields", RESTORE, True,
+            r("xenopsd-metadata-fields",
               f"unknown Xenops fields {', '.join(unknown)}: current xenopsd refuses them")
         ws = i.fields.get("word_size")
         if ws is not None:
             if ws in ("32", "64"):
                 i.word_size = int(ws)
+            elif ws.isdigit():  # an int xenopsd reads and never uses
+                r("xenopsd-word-size", f"expected word_size 32 or 64, found {ws!r}")
             else:
-                r(ERROR, "xenopsd-metadata", SPEC, True,
-                  f"expected word_size 32 or 64, found {ws!r}")
+                r("xenopsd-metadata", f"expected word_size 32 or 64, found {ws!r}")
 
     def finish(self, *, complete: bool) -> None:
         """At the end of the frames (``complete``: End_of_image was read)."""
         if not complete:
             return
         if not self.info.memory_images:
-            self.report(ERROR, "xenopsd-no-memory", RESTORE, False,
+            self.report("xenopsd-no-memory",
                         "expected a Libxc frame, found none (xenopsd: \"Well formed, but "
                         "useless stream\")")

@@ -11,7 +11,6 @@ import json
 import struct
 from typing import Any, Callable, Dict, Optional
 
-from xenstream.findings import ERROR, RESTORE, SPEC, WARNING
 from xenstream.layout import Layout
 
 MAGIC = b"Xen saved domain, xl format\n \0 \r"
@@ -82,11 +81,11 @@ class XlChecker:
         r = self.report
         i = self.info
         if endian is None:
-            r(ERROR, "xl-byteorder", RESTORE, False,
+            r("xl-byteorder",
               f"expected byteorder 0x01020304, found {f['byteorder']:#010x}")
             endian = "<"
         elif endian == ">":
-            r(ERROR, "xl-big-endian", RESTORE, False,
+            r("xl-big-endian",
               "expected a little-endian save file (byteorder bytes 04 03 02 01), found a "
               "big-endian one: xl refuses it (\"wrong byte order\")")
         i.endian = endian
@@ -96,11 +95,11 @@ class XlChecker:
         i.streamv2 = bool(f["mandatory_flags"] & MANDATORY_FLAG_STREAMV2)
         unknown = f["mandatory_flags"] & ~MANDATORY_FLAG_ALL
         if unknown:
-            r(ERROR, "xl-mandatory-flags", RESTORE, False,
+            r("xl-mandatory-flags",
               f"expected mandatory flags within {MANDATORY_FLAG_ALL:#x}, found "
               f"{f['mandatory_flags']:#x} (xl: \"need newer xl\")")
         if f["optional_flags"]:
-            r(WARNING, "xl-optional-flags", SPEC, True,
+            r("xl-optional-flags",
               f"unknown optional flags {f['optional_flags']:#x} (xl ignores them)")
 
     def optional_data(self, odl: int, clen: Optional[int], cfg: Optional[bytes]) -> None:
@@ -110,19 +109,19 @@ class XlChecker:
         i = self.info
         if odl == 0:
             if i.mandatory_flags & MANDATORY_FLAG_JSON:
-                r(ERROR, "xl-config-missing", SPEC, False,
+                r("xl-config-missing",
                   "expected a JSON configuration (JSON flag set), found no optional data")
             return
         if clen is None:
-            r(ERROR, "xl-config-length", RESTORE, False,
+            r("xl-config-length",
               f"expected at least 4 bytes of optional data (config_len), found {odl}")
             return
         if clen > odl - 4:
-            r(ERROR, "xl-config-length", RESTORE, False,
+            r("xl-config-length",
               f"expected config_len <= {odl - 4} (the optional data left), found {clen}")
             return
         if cfg is None:
-            r(WARNING, "xl-config-size", SPEC, True,
+            r("xl-config-size",
               f"configuration of {clen} bytes not checked: larger than xenstream holds")
             return
         i.config = cfg
@@ -132,18 +131,18 @@ class XlChecker:
             if text.endswith(b"\0"):
                 text = text[:-1]
             else:
-                r(ERROR, "xl-config-nul", SPEC, True,
+                r("xl-config-nul",
                   "expected the JSON configuration to be NUL-terminated, found no NUL")
             try:
                 doc = json.loads(text.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
-                r(ERROR, "xl-config-json", RESTORE, False,
+                r("xl-config-json",
                   f"expected a JSON domain configuration, found unparsable data ({e})")
                 return
             if isinstance(doc, dict):
                 i.config_json = doc
             else:
-                r(ERROR, "xl-config-json", RESTORE, False,
+                r("xl-config-json",
                   "expected a JSON object as domain configuration, found "
                   f"{type(doc).__name__}")
         else:

@@ -33,7 +33,7 @@ XL_CONFIG_MAX = 64 << 20
 
 
 def _enter(ctx: Context, layer: str, head: bytes, start: int, size: int, magic: bytes,
-           noun: str = "magic") -> bytes:
+           rule: str, noun: str = "magic") -> bytes:
     """Enter the envelope ``layer``: read the rest of its ``size``-byte header
     after ``head`` (its first 8 bytes) and check that it starts with ``magic``
     (``noun``: what the format calls it).  Returns the whole header."""
@@ -42,7 +42,7 @@ def _enter(ctx: Context, layer: str, head: bytes, start: int, size: int, magic: 
     raw = head + ctx.src.read(size - 8, what=what, layer=layer)
     if raw[:len(magic)] != magic:
         raise FormatError(start, f"expected the {layer} {noun} {magic!r}, found "
-                          f"{raw[:len(magic)]!r}", what=what, layer=layer, rule=f"{layer}-magic")
+                          f"{raw[:len(magic)]!r}", what=what, layer=layer, rule=rule)
     return raw
 
 
@@ -92,7 +92,8 @@ def _legacy_payload(ctx: Context, container: str) -> Iterator[items.Item]:
 
 def read_libvirt(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
     src = ctx.src
-    raw = _enter(ctx, LAYER_LIBVIRT, head, start, libvirt.HEADER_SIZE, libvirt.MAGIC)
+    raw = _enter(ctx, LAYER_LIBVIRT, head, start, libvirt.HEADER_SIZE, libvirt.MAGIC,
+                 "libvirt-magic")
     f = libvirt.HDR.unpack(raw, "<", 16)
     yield items.Header(LAYER_LIBVIRT, "libvirt header", start, libvirt.HEADER_SIZE, f)
     at = src.pos
@@ -118,7 +119,8 @@ def read_libvirt(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
 
 def read_xend(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
     src = ctx.src
-    raw = _enter(ctx, LAYER_XEND, head, start, xend.HEADER_SIZE, xend.MAGIC, "signature")
+    raw = _enter(ctx, LAYER_XEND, head, start, xend.HEADER_SIZE, xend.MAGIC, "xend-magic",
+                 "signature")
     clen = int.from_bytes(raw[16:20], "big", signed=True)
     yield items.Header(LAYER_XEND, "xend header", start, xend.HEADER_SIZE, {"config_len": clen}, ">")
     at = src.pos
@@ -203,7 +205,7 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
 
 def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
     src = ctx.src
-    raw = _enter(ctx, LAYER_XL, head, start, xl.HEADER_SIZE, xl.MAGIC)
+    raw = _enter(ctx, LAYER_XL, head, start, xl.HEADER_SIZE, xl.MAGIC, "xl-magic")
     endian = xl.byte_order(raw[32:36]) or "<"
     fields = xl.HDR.unpack(raw, endian, 32)
     yield items.Header(LAYER_XL, "xl header", start, xl.HEADER_SIZE, fields, endian)
@@ -251,7 +253,7 @@ def read_xl(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
                                "expected a libxl v2 stream (mandatory flags with STREAMv2), "
                                "found a legacy stream: libxl would read it as v2 and fail "
                                "(\"Invalid ident\")")
-                yield from read_legacy(ctx, items.Legacy(at, guess, "xl", peek))
+                yield from read_legacy(ctx, items.Legacy(at, guess, "xl-streamv2", peek))
                 return
             src.unread(peek[8:])
             raise FormatError(src.pos - 8, "expected a libxl stream (xl STREAMv2 flag set), "

@@ -201,7 +201,8 @@ class LegacyParser:
         hdr.p2m_size = self.inp.ulong("legacy header (p2m_size)")
         if not 0 < hdr.p2m_size <= P2M_SIZE_MAX:
             raise legacy_error(at, f"expected p2m_size 1..{P2M_SIZE_MAX - 1:#x}, found "
-                               f"{hdr.p2m_size:#x}", "legacy header")
+                               f"{hdr.p2m_size:#x}: no legacy saver wrote one", "legacy header",
+                               "legacy-unrecognised")
         if guest == "hvm":
             return hdr
         # PV: extended info, or (pre-3.1) the first p2m frame list entry
@@ -216,13 +217,15 @@ class LegacyParser:
                 bat = self.inp.pos
                 if left < 8:
                     raise legacy_error(bat, f"expected an 8-byte block header within tot_bytes, "
-                                       f"found {left} bytes left", "legacy extended info")
+                                       f"found {left} bytes left", "legacy extended info",
+                                       "legacy-ext-info")
                 bid = self.inp.read(4, "legacy extended info block")
                 size = self.inp.u32("legacy extended info block")
                 left -= 8
                 if size > left:
                     raise legacy_error(bat, f"expected block {bid!r} of {size} bytes within "
-                                       f"tot_bytes ({left} left)", "legacy extended info")
+                                       f"tot_bytes ({left} left)", "legacy extended info",
+                                       "legacy-ext-info")
                 hdr.blocks.append((bid, size))
                 if bid == b"vcpu":
                     if size not in GUEST_WIDTH_OF_CTX:

@@ -58,11 +58,15 @@ def read_chunk(inp: LegacyInput, facts: ChunkFacts, at: int, cid: int, number: i
         c._init_payload(inp.src, c.length)
     elif cid == legacy.CHUNK_TOOLSTACK:
         length = inp.u32(what)
-        if length > legacy.TOOLSTACK_MAX:
-            raise legacy_error(at, f"expected a toolstack record of at most {legacy.TOOLSTACK_MAX} "
-                               f"bytes, found {length}", what, "legacy-toolstack-size")
         c.length = length
-        c.data = inp.read(length, what)
+        if length > legacy.TOOLSTACK_MAX:
+            # more than anyone holds: the data stays in the input (data None)
+            rem = inp.src.remaining()
+            if rem is not None and length > rem:
+                raise TruncatedError(inp.pos, length, rem, what=what, layer=LAYER)
+            c._init_payload(inp.src, length)
+        else:
+            c.data = inp.read(length, what)
     elif cid == legacy.CHUNK_TMEM:
         c.value = _tmem(inp, what)
     elif cid == legacy.CHUNK_TMEM_EXTRA:
@@ -89,7 +93,7 @@ def _tmem(inp: LegacyInput, what: str) -> int:
         psize = 1 << (((flags >> 4) & 0xF) + 12)
         if psize > legacy.TMEM_PAGE_MAX:
             raise legacy_error(inp.pos, f"expected a tmem page size of at most "
-                               f"{legacy.TMEM_PAGE_MAX}, found {psize}", what, "legacy-tmem")
+                               f"{legacy.TMEM_PAGE_MAX}, found {psize}", what, "legacy-tmem-page-size")
         for _ in range(n_pages):
             oid = inp.read(24, what)
             if oid == b"\xff" * 24:

@@ -14,7 +14,7 @@ from xenstream.formats.legacy import LAYER
 from xenstream.io import Source
 
 
-def legacy_error(offset: int, message: str, what: str, rule: str = "legacy-format") -> FormatError:
+def legacy_error(offset: int, message: str, what: str, rule: str) -> FormatError:
     return FormatError(offset, message, what=what, layer=LAYER, rule=rule)
 
 

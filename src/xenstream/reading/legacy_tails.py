@@ -121,10 +121,14 @@ def read_qemu(inp: LegacyInput, number: int, optional: bool, container: str) -> 
         e = TruncatedError(inp.pos, q.length, rem, what=what, layer=LAYER, message=(
             f"expected {q.length} bytes of device-model state (the record's length), found "
             f"end of stream after {rem}"))
-        e.rule = "legacy-qemu-length"
+        e.rule = "xenopsd-qemu-length" if q.qkind == "xenserver" else "legacy-qemu-length"
         raise e
     q._init_payload(inp.src, q.length or 0)
     return q
+
+
+#: buffer_tail_pv(): "up to 1TB of address space"
+UNMAPPED_MAX = 1 << 28
 
 
 def read_pv_tail(inp: LegacyInput, hdr: LHeader, vcpumap: List[int], number: int) -> LPvTail:
@@ -133,9 +137,9 @@ def read_pv_tail(inp: LegacyInput, hdr: LHeader, vcpumap: List[int], number: int
     at = inp.pos
     what = "legacy PV tail"
     count = inp.u32(what)
-    if count > hdr.p2m_size:
-        raise legacy_error(at, f"expected at most p2m_size ({hdr.p2m_size:#x}) unmapped pfns, "
-                           f"found {count}", what, "legacy-unmapped-count")
+    if count > UNMAPPED_MAX:
+        raise legacy_error(at, f"expected at most {UNMAPPED_MAX:#x} unmapped pfns (\"Error when "
+                           f"reading pfn count\"), found {count:#x}", what, "legacy-unmapped-count")
     unmapped: List[int] = []
     left = count
     while left:

@@ -22,7 +22,7 @@ from xenstream.formats.legacy import LBatch, LBatchRun, LHeader, LHvmTail, LPvTa
 from xenstream.formats.libxc import PAGE_SIZE as PAGE
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
-from xenstream.rules import ANY_RELEASE, RULES, Rule, last_restoring, refused
+from xenstream.rules import ANY_RELEASE, last_restoring, refused, rule
 from xenstream.writers.v2 import LibxcWriter, LibxlWriter
 
 _PAGE_DATA_HEAD = struct.Struct("<IIII")
@@ -62,24 +62,23 @@ class V2Emitter:
 
     # -- records, each checked as it is written ---------------------------------------------
 
-    def _report(self, severity: str, rule: str, authority: str, tolerated: bool,
-                message: str, **_: Any) -> None:
+    def _report(self, rule_id: str, message: str, **_: Any) -> None:
         """A finding of a layer checker about the record just written, judged
         as the target release's restore would judge it (:mod:`xenstream.rules`)."""
-        r = RULES.get(rule) or Rule(rule, severity, authority, "", tolerated, message)
+        r = rule(rule_id)
         if r.severity != ERROR:
             return  # what the verifier reports as a warning is written as it is
-        target = self.opts.target
-        since = (f"; Xen {r.since} and later refuse it, {last_restoring(r)} is the last release "
-                 f"that restores it" if last_restoring(r) else "")
-        if target == ANY_RELEASE and not refused(r, ANY_RELEASE):
-            self.warn(f"the converted stream breaks rule {rule}: {message}{since}")
+        last = last_restoring(r)
+        since = f"; Xen {r.since} and later refuse it, {last} is the last release that restores it"
+        text = f"the converted stream breaks rule {rule_id}: {message}" + (since if last else "")
+        if self.opts.target == ANY_RELEASE and not refused(r, ANY_RELEASE):
+            self.warn(text)
+            self.res.release_dependent.append(rule_id)
         elif self.opts.force:
-            self.warn(f"the converted stream breaks rule {rule}: {message}{since}; written as "
-                      "forced")
-            self.res.forced.append(rule)
+            self.warn(f"{text}; written as forced")
+            self.res.forced.append(rule_id)
         else:
-            self.findings.append((rule, r.authority, message + since))
+            self.findings.append((rule_id, r.authority, text))
 
     def _libxc_record(self, w: LibxcWriter, rtype: int, body: bytes) -> None:
         w.record(rtype, body)
@@ -101,8 +100,8 @@ class V2Emitter:
     def _check_findings(self) -> None:
         if self.findings:
             rule, _auth, msg = self.findings[0]
-            raise ConversionError(self.src.pos, f"the converted stream would break rule "
-                                  f"{rule}: {msg}" + self.hint(" (--force writes it anyway)"))
+            raise ConversionError(self.src.pos, msg.replace("breaks", "would break", 1)
+                                  + self.hint(" (--force writes it anyway)"))
 
     # -- legacy header -> v2 headers --------------------------------------------------------
 
@@ -302,6 +301,13 @@ class V2Emitter:
                 self.out.write(b"\0" * ((-(8 + n)) & 7))
                 chk.record(libxl.REC_TYPE_EMULATOR_CONTEXT, 8 + n, ehdr + head[:4],
                            guest="hvm", in_checkpoint=False, colo=False, after_libxc=True)
+            elif self.env.device_model_runs():
+                # --skip-qemu: the image's configuration runs a device model,
+                # which libxl starts from the state this stream lacks
+                self._report("libxl-emulator-missing", "the device-model record was left "
+                             f"unread (--skip-qemu) and the {self.env.kind} configuration "
+                             "runs a device model: libxl starts it with -incoming from that "
+                             "state")
         elif self.cp.qemu_staged:
             self.warn("a device-model record after a PV stream was dropped")
         lw.end()

@@ -92,15 +92,25 @@ class Envelope:
         return device_model(self.kind, None, None)
 
     def config_guest(self) -> Optional[str]:
-        from xenstream.consumers.config import guest_type_of
+        """'pv' or 'hvm' (PVH is HVM to libxc) as the configuration says."""
+        t = self.domain_type()
+        return "hvm" if t == "pvh" else t
+
+    def domain_type(self) -> Optional[str]:
+        """'pv', 'hvm' or 'pvh' as the image's configuration says, if any."""
+        from xenstream.consumers.config import domain_type_of
 
         if self.xl_cfg is not None and self.xl_cfg.config:
-            return guest_type_of("xl-json", self.xl_cfg.config)
+            return domain_type_of("xl-json", self.xl_cfg.config)
         if self.libvirt_xml:
-            return guest_type_of("libvirt-xml", self.libvirt_xml)
+            return domain_type_of("libvirt-xml", self.libvirt_xml)
         if self.ctx.res.sxp:
-            return guest_type_of("xend-sxp", self.ctx.res.sxp)
+            return domain_type_of("xend-sxp", self.ctx.res.sxp)
         return None
+
+    def device_model_runs(self) -> bool:
+        """The configuration says an HVM guest (a device model runs for it)."""
+        return self.domain_type() == "hvm"
 
     def write(self, fmt: str) -> None:
         """The envelope before a ``fmt`` ("libxc" or "libxl") stream: xl gets

@@ -80,6 +80,9 @@ class ConvertResult:
         self.bytes_written = 0
         #: ids of the rules the output breaks because --force wrote it anyway
         self.forced: List[str] = []
+        #: ids of the rules the output breaks that only some releases enforce
+        #: (the drop-in writes them with a warning: the restoring host decides)
+        self.release_dependent: List[str] = []
 
 
 class Context:
