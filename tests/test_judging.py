@@ -420,3 +420,16 @@ def test_json_findings_carry_their_source(tmp_path: Path, capsys: pytest.Capture
     (f,) = [f for f in doc["findings"] if f["severity"] == "error"]
     assert (f["rule"], f["authority"]) == ("legacy-qemu-missing", "restore")
     assert f["source"] == "tools/libxc/xc_domain_restore.c@RELEASE-4.5.0: buffer_tail_hvm()"
+
+
+def test_qemu_traditional_state_is_a_host_condition(tmp_path: Path) -> None:
+    """The device model that restores the state is the host's business
+    (qemu-traditional left Xen in 4.21, 19ab8356ab): a warning, not an error."""
+    out = io.BytesIO()
+    xl_header(out, default_config(ImageSpec(envelope="xl", guest="hvm", pages=16)))
+    out.write(libxl_stream(ImageSpec(envelope="libxl", guest="hvm", pages=16), emu=False,
+                           after=lambda lw: lw.emulator_context(b"QEVM\0\0\0\3" + bytes(56),
+                                                                emulator_id=1)))
+    res = check(put(tmp_path, out.getvalue()))
+    assert res.valid and [(f.rule, f.severity, f.authority) for f in res.findings] == [
+        ("qemu-traditional-state", "warning", "toolstack")], res.findings

@@ -753,6 +753,11 @@ RULES: Dict[str, Rule] = _table([
          "tools/libs/light/libxl_create.c: domcreate_bootloader_done()",
          False, "COLO streams are HVM (\"COLO only supports HVM\")"),
     # -- added with the judging of issue 8 ---------------------------------------------------------
+    Rule("qemu-traditional-state", WARNING, TOOLSTACK,
+         "tools/libs/light/libxl_create.c: libxl__domain_build_info_setdefault() (from "
+         "19ab8356ab, Xen 4.21, the device model is always qemu-xen)",
+         True, "qemu-traditional device state restores only where that device model is built "
+         "(a condition of the restoring host, not of the stream)"),
     Rule("legacy-checkpoint-bad", WARNING, RESTORE,
          "tools/libxc/xc_domain_restore.c@RELEASE-4.5.0: xc_domain_restore()",
          True, "a malformed structure in a later Remus checkpoint: the restorer discards that "

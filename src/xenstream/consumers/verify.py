@@ -15,6 +15,7 @@ hot path) and owns its other parts: the envelopes
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -115,6 +116,7 @@ class Verifier:
         self.libxc_done = False  # libxc END seen
         self.last_libxl: Optional[int] = None  # type of the last libxl record
         self.emulator_context = False  # an EMULATOR_CONTEXT record was seen
+        self.reported_traditional = False
         self.since_checkpoint = 0  # libxc records since the last CHECKPOINT
         #: legacy images; with reject_legacy (the drop-in checks v2 streams only)
         #: a legacy payload is an error and is not read further
@@ -304,6 +306,13 @@ class Verifier:
                    colo=colo, after_libxc=self.libxc_done or st.checkpoints > 0, rest=rest)
         if rtype == libxl.REC_TYPE_EMULATOR_CONTEXT:
             self.emulator_context = True
+            if (body is not None and len(body) >= 4 and not self.reported_traditional
+                    and struct.unpack_from("<I", body)[0] == libxl.EMULATOR_QEMU_TRADITIONAL):
+                self.reported_traditional = True
+                self.report("qemu-traditional-state",
+                            "the device-model state is qemu-traditional's (emulator id 1): "
+                            "it restores only on a host that still builds that device model "
+                            "(none from Xen 4.21, which removed it)")
         elif rtype == libxl.REC_TYPE_END and guest == "hvm" and not self.emulator_context:
             self._no_device_state()
         if colo and guest == "pv" and not self.reported_colo_pv:
