@@ -314,28 +314,12 @@ class Verifier:
                             "it restores only on a host that still builds that device model "
                             "(none from Xen 4.21, which removed it)")
         elif rtype == libxl.REC_TYPE_END and guest == "hvm" and not self.emulator_context:
-            self._no_device_state()
+            self.envelope.no_device_state()
         if colo and guest == "pv" and not self.reported_colo_pv:
             self.reported_colo_pv = True
             self.report("colo-pv",
                         "COLO streams must be HVM (libxl: \"COLO only supports HVM\"), found PV")
         self.last_libxl = rtype
-
-    def _no_device_state(self) -> None:
-        """An HVM-type libxl stream without EMULATOR_CONTEXT: fine for a PVH
-        guest, a lost device state where a device model runs, since libxl
-        starts it with ``-incoming`` from that record's data."""
-        dm = self.envelope.device_model()
-        if dm is None:
-            self.report("libxl-emulator-unknown",
-                        "expected an EMULATOR_CONTEXT record unless the guest is PVH, found "
-                        "none, and no configuration says which: an HVM guest's device-model "
-                        "state would be missing")
-        elif dm[0]:
-            self.report("libxl-emulator-missing",
-                        f"expected an EMULATOR_CONTEXT record ({dm[1]} runs a device model for "
-                        "this HVM guest), found none: libxl starts the device model with "
-                        "-incoming from that record's data, and the restore fails without it")
 
     def _complete_checkpoints(self) -> int:
         st = self.parser.state

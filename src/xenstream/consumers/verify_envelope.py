@@ -114,6 +114,22 @@ class EnvelopeVerification:
             return os_type == "hvm", "the libvirt XML"
         return None
 
+    def no_device_state(self) -> None:
+        """An HVM-type libxl stream without EMULATOR_CONTEXT: fine for a PVH
+        guest, a lost device state where a device model runs, since libxl
+        starts it with ``-incoming`` from that record's data."""
+        dm = self.device_model()
+        if dm is None:
+            self.report("libxl-emulator-unknown",
+                        "expected an EMULATOR_CONTEXT record unless the guest is PVH, found "
+                        "none, and no configuration says which: an HVM guest's device-model "
+                        "state would be missing")
+        elif dm[0]:
+            self.report("libxl-emulator-missing",
+                        f"expected an EMULATOR_CONTEXT record ({dm[1]} runs a device model for "
+                        "this HVM guest), found none: libxl starts the device model with "
+                        "-incoming from that record's data, and the restore fails without it")
+
     def nr_vcpus(self) -> Optional[int]:
         """The vcpu count the image's own configuration gives, if any."""
         return (self.xl.info.max_vcpus() if self.xl else
