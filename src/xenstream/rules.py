@@ -93,8 +93,9 @@ def markdown(out: TextIO) -> None:
     out.write("| rule | severity | authority | source | tolerated | since | what it requires |\n")
     out.write("| --- | --- | --- | --- | --- | --- | --- |\n")
     for r in sorted(RULES.values(), key=lambda r: (AUTHORITIES.index(r.authority), r.id)):
-        out.write(f"| `{r.id}` | {r.severity} | {r.authority} | {r.source} | "
-                  f"{'yes' if r.tolerated else 'no'} | {r.since or ''} | {r.description} |\n")
+        source, desc = (s.replace("|", "\\|") for s in (r.source, r.description))
+        out.write(f"| `{r.id}` | {r.severity} | {r.authority} | {source} | "
+                  f"{'yes' if r.tolerated else 'no'} | {r.since or ''} | {desc} |\n")
 
 
 # -- the table -------------------------------------------------------------------------
