@@ -433,3 +433,22 @@ def test_qemu_traditional_state_is_a_host_condition(tmp_path: Path) -> None:
     res = check(put(tmp_path, out.getvalue()))
     assert res.valid and [(f.rule, f.severity, f.authority) for f in res.findings] == [
         ("qemu-traditional-state", "warning", "toolstack")], res.findings
+
+
+def test_oversized_toolstack_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The legacy restorer takes any u32 length; xenstream holds 64 MiB: verify
+    skips the data with a warning, convert refuses with one line (not a crash)."""
+    from xenstream.formats import legacy as fl
+    from xenstream.writers.legacy import LegacyWriter
+
+    out = io.BytesIO()
+    w = LegacyWriter(out, width=8, guest="hvm")
+    w.header(16)
+    w.batch(list(range(16)), 0)
+    w.toolstack(b"", length=fl.TOOLSTACK_MAX + 1)
+    out.write(bytes(fl.TOOLSTACK_MAX + 1))
+    inp = put(tmp_path, out.getvalue())
+    res = check(inp)
+    assert "legacy-toolstack-size" in {f.rule for f in res.findings if f.severity == "warning"}
+    rc, text = cli(capsys, "convert", str(inp), str(tmp_path / "out.img"))
+    assert rc == 1 and "toolstack record of" in text and "Traceback" not in text, text

@@ -247,7 +247,10 @@ class Converter:
             self.warn(f"dropped the guest's tmem state ({c.name}, {c.value or 0} pages): the "
                       "guest loses those pages")
         elif cid == legacy.CHUNK_TOOLSTACK:
-            assert c.data is not None
+            if c.data is None:
+                raise ConversionError(c.offset, f"a toolstack record of {c.length} bytes: more "
+                                      f"than the {legacy.TOOLSTACK_MAX} xenstream holds to "
+                                      "convert it")
             hdr = self.hdr
             assert hdr is not None
             if hdr.guest == "hvm":
