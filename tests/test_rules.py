@@ -22,8 +22,9 @@ import pytest
 from xenstream import rules
 from xenstream.findings import CONVENTION, ERROR, INFO, RESTORE, SPEC, TOOLSTACK, WARNING
 
-SRC = Path(rules.__file__).parent
-DOCS = SRC.parent.parent / "docs" / "rules.md"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (the package may be installed)
+SRC = ROOT / "src" / "xenstream"
+DOCS = ROOT / "docs" / "rules.md"
 RULE_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 REPORTERS = {"report", "_report", "r", "add"}
 #: calls whose rule id is a positional argument: name -> index
