@@ -421,6 +421,19 @@ class Run:
     seconds: float
 
 
+def load_run(workdir: Path) -> Run:
+    """A finished run's results, without booting (``$XENSTREAM_REALXEN_REUSE``)."""
+    out = workdir / "share" / "out"
+    try:
+        results = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InfraError(f"no results to reuse in {workdir}: {e}") from e
+    results.setdefault("_boot", {"reused": str(workdir)})
+    img = Dom0Image(workdir, workdir, workdir, workdir, workdir, {})
+    b = Boot(0, False, 0.0, workdir / "logs" / "serial.log", workdir / "logs" / "qemu.log")
+    return Run(workdir, workdir / "share", out, img, b, results, 0.0)
+
+
 def run_job(workdir: Path, log: Log, *, timeout: float = BOOT_TIMEOUT) -> Run:
     """Tools, image, share, one boot running dom0/job.py; the job's results.
 

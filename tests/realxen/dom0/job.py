@@ -320,7 +320,7 @@ def verify_all() -> None:
 
 def restore(label: str, path: Path, name: str, hb_before: int, *,
             env: Optional[Dict[str, str]] = None, extra: Optional[Dict[str, Any]] = None,
-            watch_timeout: float = 45) -> Dict[str, Any]:
+            watch_timeout: float = 45, dmesg: bool = False) -> Dict[str, Any]:
     destroy_all()
     since = console_sizes()
     r = sh(["xl", "-v", "restore", "-e", str(path)], timeout=300, env=env)
@@ -330,8 +330,14 @@ def restore(label: str, path: Path, name: str, hb_before: int, *,
     if rec["xl_ok"] or name in rec["domains"]:
         rec["watch"] = watch(name, since, after=hb_before, want=2, timeout=watch_timeout)
         rec["xl_list"] = sh(["xl", "list"], quiet=True)["out"]
-    rec["errors"] = [line for line in r["out"].splitlines()
-                     if re.search(r"error|fail|Error|Fail|refus|invalid|mismatch|panic", line)][-12:]
+    lines = [ln for ln in r["out"].splitlines() if "progress:" not in ln and ln.strip()]
+    rec["errors"] = [ln for ln in lines if re.search(
+        r"error|fail|Error|Fail|refus|invalid|mismatch|panic|mandatory|Traceback", ln)][-12:]
+    rec["output_tail"] = lines[-8:]
+    if dmesg:
+        new = sh(["xl", "dmesg"], quiet=True)["out"].splitlines()[-60:]
+        rec["xen_dmesg"] = [ln for ln in new if re.search(r"HVM|restore|d\d+v?\d*.*(error|fail)",
+                                                          ln, re.I)][-8:]
     rec.update(extra or {})
     destroy_all()
     R["restores"][label] = rec
@@ -440,9 +446,12 @@ def negatives() -> None:
         v = sh(["xenstream", "verify", str(dst)], timeout=300)
         N["xenstream"] = {"rc": v["rc"], "findings": [ln for ln in v["out"].splitlines()
                                                       if ln.strip()][-8:]}
-        rec = restore(f"neg:{name}", dst, im["guest"], im["hb_before"], watch_timeout=30)
+        rec = restore(f"neg:{name}", dst, im["guest"], im["hb_before"], watch_timeout=30,
+                      dmesg=True)
         N["xl_ok"] = rec["xl_ok"]
+        N["xl_rc"] = rec["restore"]["rc"]
         N["xen_errors"] = rec["errors"]
+        N["xen_dmesg"] = rec.get("xen_dmesg")
         N["guest_ran"] = bool(rec.get("watch", {}).get("advancing"))
         N["oops"] = bool(rec.get("watch", {}).get("oops"))
         dst.unlink(missing_ok=True)
@@ -459,11 +468,11 @@ def copy_out() -> None:
         im["copied"] = str(dest.relative_to(OUT))
 
 
-@step("copy the legacy images out")
+@step("copy the legacy image out")
 def copy_legacy() -> None:
-    for key in R["legacy"]:
+    for key in ("pv1",):
         p = IMG / f"{key}-legacy.xl"
-        if p.exists():
+        if p.exists() and key in R["legacy"]:
             shutil.copyfile(p, OUT / "images" / p.name)
             R["legacy"][key]["copied"] = f"images/{p.name}"
 
@@ -475,10 +484,13 @@ def main() -> None:
     pvmax()
     pvh()
     verify_all()
-    copy_out()
+    # 9p is slow (about 1 MB/s per vcpu-second under TCG): copy beside the restores
+    copier = threading.Thread(target=copy_out, daemon=True)
+    copier.start()
     restore_real()
     legacy()
     negatives()
+    copier.join()
     copy_legacy()
     R["done"] = True
     R["seconds"] = round(time.monotonic() - T0, 1)
