@@ -28,6 +28,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
+from xenstream.formats import legacy as legacy_formats
 from xenstream.formats import libxc
 from xenstream.io import Source
 from xenstream.reading.parser import Header, Parser, Record, XlConfig
@@ -60,6 +61,9 @@ class V2Image:
     pages: List[Tuple[int, int]] = field(default_factory=list)  # (body offset, length)
     dropped: List[str] = field(default_factory=list)
     libxc_end: bool = False
+    hvm_context: Optional[bytes] = None
+    hvm_params: Dict[int, int] = field(default_factory=dict)
+    max_pfn: int = -1
 
 
 def read_v2(path: str) -> V2Image:
@@ -75,8 +79,8 @@ def read_v2(path: str) -> V2Image:
                     img.dhdr = dict(item.fields)
             elif isinstance(item, Record) and item.layer == "libxc":
                 _record(img, item)
-    if img.dhdr.get("type") != 1:
-        raise CannotExpress(f"not a PV image (domain header {img.dhdr})")
+    if img.dhdr.get("type") not in (1, 2):
+        raise CannotExpress(f"not an x86 PV or HVM image (domain header {img.dhdr})")
     return img
 
 
@@ -84,6 +88,9 @@ def _record(img: V2Image, rec: Record) -> None:
     t = rec.rtype
     if t == libxc.REC_TYPE_PAGE_DATA:
         img.pages.append((rec.body_offset, rec.length))
+        count = struct.unpack("<I", rec.read(8)[:4])[0]
+        pfns = struct.unpack(f"<{count}Q", rec.read(8 * count))
+        img.max_pfn = max(img.max_pfn, max(e & PFN_MASK_V2 for e in pfns))
         return
     body = rec.body(limit=64 << 20)
     if t == libxc.REC_TYPE_X86_PV_INFO:
@@ -106,6 +113,13 @@ def _record(img: V2Image, rec: Record) -> None:
                 libxc.REC_TYPE_X86_PV_VCPU_MSRS: "msrs"}[t]
         if len(body) > 8:
             img.vcpus.setdefault(vid, {})[kind] = body[8:]
+    elif t == libxc.REC_TYPE_HVM_CONTEXT:
+        img.hvm_context = body
+    elif t == libxc.REC_TYPE_HVM_PARAMS:
+        count = struct.unpack_from("<I", body)[0]
+        for i in range(count):
+            idx, val = struct.unpack_from("<QQ", body, 8 + 16 * i)
+            img.hvm_params[idx] = val
     elif t == libxc.REC_TYPE_END:
         img.libxc_end = True
     elif t in (libxc.REC_TYPE_STATIC_DATA_END,):
@@ -223,9 +237,79 @@ def write_legacy_xl(img: V2Image, src_path: str, out: BinaryIO, *, xl: bool = Tr
                        list(img.dropped), legacy_offset)
 
 
+#: HVM_PARAM index -> the legacy chunk carrying it (xen-formats.md 4.2)
+PARAM_CHUNKS = {param: chunk for chunk, param in legacy_formats.HVM_PARAM_CHUNKS.items()}
+PARAM_CHUNKS[37] = -4  # VM86_TSS_SIZED: 4.5 sent the address as VM86_TSS
+TAIL_PARAMS = (5, 6, 1)  # ioreq, bufioreq, store pfn: the HVM tail's magic pfns
+#: set by libxl on every restore, never by the stream of a 4.5 saver
+LIBXL_PARAMS = {2, 18}  # STORE_EVTCHN, CONSOLE_EVTCHN
+
+
+def write_legacy_hvm(img: V2Image, src_path: str, out: BinaryIO, *, xl: bool = True
+                     ) -> Translation:
+    """The legacy HVM stream of a PVH guest, without a device-model record
+    (a PVH guest has none; a 4.5 libxl never saved PVH as HVM, so this is the
+    nearest legacy image, not one a 4.5 xl wrote)."""
+    if img.hvm_context is None or img.max_pfn < 0:
+        raise CannotExpress("missing HVM_CONTEXT or pages")
+    dropped = list(img.dropped)
+    chunks: Dict[int, int] = {}
+    for idx, val in sorted(img.hvm_params.items()):
+        if idx in TAIL_PARAMS or idx in LIBXL_PARAMS:
+            continue
+        if idx in PARAM_CHUNKS and val:
+            chunks[PARAM_CHUNKS[idx]] = val & 0xFFFFFFFF if idx == 37 else val
+        elif val:
+            dropped.append(f"HVM_PARAM {idx}={val:#x}")
+    nvcpus = max_vcpus(img.config, [0])
+    p2m_size = img.max_pfn + 1
+    if xl:
+        xl_header(out, img.config, streamv2=False, json_flag=img.json_flag)
+    legacy_offset = out.tell()
+    w = LegacyWriter(out, width=8, guest="hvm")
+    w.header(p2m_size)
+    if img.tsc is not None:
+        mode, khz, nsec, inc = img.tsc
+        w.tsc_info(mode, nsec, khz, inc)
+    pages = batches = 0
+    fd = os.open(src_path, os.O_RDONLY)
+    try:
+        for off, length in img.pages:
+            body = os.pread(fd, length, off)
+            count = struct.unpack_from("<I", body)[0]
+            entries = struct.unpack_from(f"<{count}Q", body, 8)
+            pfns = [e & PFN_MASK_V2 for e in entries]
+            types = [e >> 60 for e in entries]
+            data_off = 8 + 8 * count
+            ndata = (length - data_off) // PAGE
+            if all(t == libxc.PT_XTAB for t in types):
+                continue
+            w.batch(pfns, types, [body[data_off + i * PAGE:data_off + (i + 1) * PAGE]
+                                  for i in range(ndata)])
+            pages += ndata
+            batches += 1
+    finally:
+        os.close(fd)
+    w.vcpu_info(nvcpus - 1, list(range(nvcpus)))
+    from xenstream.writers.legacy import HVM_PARAM_CHUNK_ORDER
+
+    for cid in HVM_PARAM_CHUNK_ORDER:
+        if cid in chunks:
+            w.hvm_param(cid, chunks[cid])
+    w.toolstack(physmap_toolstack([], width=8))
+    w.last_checkpoint()
+    w.end_of_body()
+    w.hvm_tail(tuple(img.hvm_params.get(i, 0) for i in TAIL_PARAMS),  # type: ignore[arg-type]
+               img.hvm_context)
+    return Translation(list(range(nvcpus)), nvcpus - 1, p2m_size, batches, pages, [],
+                       dropped, legacy_offset)
+
+
 def translate(src_path: str, dst_path: str, *, xl: bool = True) -> Translation:
     img = read_v2(src_path)
     with open(dst_path, "wb") as out:
+        if img.dhdr.get("type") == 2:
+            return write_legacy_hvm(img, src_path, out, xl=xl)
         return write_legacy_xl(img, src_path, out, xl=xl)
 
 

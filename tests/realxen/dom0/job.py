@@ -376,7 +376,7 @@ def wrap_libxc(libxc_path: Path, dest: Path) -> None:
 @step("legacy round trips")
 def legacy() -> None:
     ours_helper = shutil.which("convert-legacy-stream") or "convert-legacy-stream"
-    for key in ("pv1", "pv2"):
+    for key in ("pv1", "pv2", "pvh"):
         im = R["images"].get(key)
         if not (im and im.get("size")):
             continue
