@@ -284,7 +284,11 @@ def pvh() -> None:
     m["domains_after"] = domains()
     m["recv_err"] = (IMG / "pvh-migrate.recv-err").read_text(errors="replace")[-4000:] \
         if (IMG / "pvh-migrate.recv-err").exists() else None
-    m["watch"] = watch("pvh", since, after=hb, want=3, timeout=45)
+    # the sender's console (guest-pvh.log) ran on during the live phase; the
+    # receiver writes guest-pvh--incoming.log (xenconsoled names a log once)
+    hb_sent = max(heartbeats(new_console(since, "pvh")) or [hb])
+    m["hb_sender_last"] = hb_sent
+    m["watch"] = watch("pvh", console_sizes(), after=hb_sent, want=2, timeout=45)
     R["migrate"]["pvh"] = m
     record_image("pvh-migrate", send, "xl migrate -s '' pvh \"tee SEND | xl migrate-receive\" "
                  "(the send side, live)", "pvh", hb, m)
@@ -328,7 +332,9 @@ def restore(label: str, path: Path, name: str, hb_before: int, *,
     rec["xl_ok"] = r["rc"] == 0
     rec["domains"] = domains()
     if rec["xl_ok"] or name in rec["domains"]:
-        rec["watch"] = watch(name, since, after=hb_before, want=2, timeout=watch_timeout)
+        # a failed xl leaving a domain behind: a short look is enough
+        rec["watch"] = watch(name, since, after=hb_before, want=2,
+                             timeout=watch_timeout if rec["xl_ok"] else 10)
         rec["xl_list"] = sh(["xl", "list"], quiet=True)["out"]
     lines = [ln for ln in r["out"].splitlines() if "progress:" not in ln and ln.strip()]
     rec["errors"] = [ln for ln in lines if re.search(
