@@ -58,7 +58,7 @@ def _say(msg: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def xen(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def xen() -> Any:
     """One boot of Xen running dom0/job.py; skips every test if the machinery fails."""
     sys.path.insert(0, str(HERE))
     import harness
@@ -69,7 +69,8 @@ def xen(tmp_path_factory: pytest.TempPathFactory) -> Any:
             return harness.load_run(Path(reuse))
         except harness.InfraError as e:
             pytest.skip(str(e))
-    workdir = tmp_path_factory.mktemp("realxen", numbered=True)
+    # outside pytest's basetemp, which later sessions (even the unit suite) prune
+    workdir = harness.new_workdir()
     logfile = workdir / "harness.log"
 
     def log(msg: str) -> None:

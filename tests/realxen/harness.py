@@ -421,6 +421,19 @@ class Run:
     seconds: float
 
 
+KEEP_RUNS = 2  # finished runs kept in CACHE/runs (each holds about 1.5 GB of images)
+
+
+def new_workdir() -> Path:
+    """A fresh run directory in CACHE/runs; older runs beyond KEEP_RUNS are removed."""
+    runs = CACHE / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    old = sorted(p for p in runs.iterdir() if p.is_dir())
+    for p in old[:max(0, len(old) - KEEP_RUNS + 1)]:
+        shutil.rmtree(p, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
+
+
 def load_run(workdir: Path) -> Run:
     """A finished run's results, without booting (``$XENSTREAM_REALXEN_REUSE``)."""
     out = workdir / "share" / "out"
