@@ -327,6 +327,7 @@ def restore(label: str, path: Path, name: str, hb_before: int, *,
             watch_timeout: float = 45, dmesg: bool = False) -> Dict[str, Any]:
     destroy_all()
     since = console_sizes()
+    dmesg_before = sh(["xl", "dmesg"], quiet=True)["out"].splitlines() if dmesg else []
     r = sh(["xl", "-v", "restore", "-e", str(path)], timeout=300, env=env)
     rec: Dict[str, Any] = {"image": str(path), "guest": name, "restore": r, "hb_before": hb_before}
     rec["xl_ok"] = r["rc"] == 0
@@ -341,7 +342,10 @@ def restore(label: str, path: Path, name: str, hb_before: int, *,
         r"error|fail|Error|Fail|refus|invalid|mismatch|panic|mandatory|Traceback", ln)][-12:]
     rec["output_tail"] = lines[-8:]
     if dmesg:
-        new = sh(["xl", "dmesg"], quiet=True)["out"].splitlines()[-60:]
+        after = sh(["xl", "dmesg"], quiet=True)["out"].splitlines()
+        # the lines this restore added (the whole tail if the ring wrapped)
+        new = after[len(dmesg_before):] if after[:len(dmesg_before)] == dmesg_before \
+            else after[-60:]
         rec["xen_dmesg"] = [ln for ln in new if re.search(r"HVM|restore|d\d+v?\d*.*(error|fail)",
                                                           ln, re.I)][-8:]
     rec.update(extra or {})
