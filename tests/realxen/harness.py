@@ -31,12 +31,24 @@ REPO = HERE.parent.parent
 CACHE = Path(os.environ.get("XENSTREAM_REALXEN_CACHE",
                             Path.home() / ".cache" / "xenstream" / "realxen"))
 SUITE = "bookworm"
-#: Debian's archive only, with updates and security (the host's candidates key the cache)
-SOURCES = [
-    f"deb http://deb.debian.org/debian {SUITE} main",
-    f"deb http://deb.debian.org/debian {SUITE}-updates main",
-    f"deb http://deb.debian.org/debian-security {SUITE}-security main",
-]
+#: the host's own apt sources for Debian (a deb822 or one-line file that names the
+#: suite), handed to mmdebstrap as they are: dom0 comes from the archive the
+#: host's apt uses (the host's candidates key the cache)
+HOST_SOURCES = ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list")
+
+
+def host_sources() -> List[str]:
+    for name in HOST_SOURCES:
+        p = Path(name)
+        try:
+            if SUITE in p.read_text():
+                return [name]
+        except OSError:
+            continue
+    return []  # mmdebstrap's own default
+
+
+SOURCES = host_sources()
 XEN_SERIES = "4.17"
 #: what goes into dom0 (versions of the first five key the cache)
 DOM0_PACKAGES = [
@@ -183,7 +195,8 @@ def _image_from(d: Path) -> Dom0Image:
 def build_dom0(log: Log) -> Dom0Image:
     versions = package_versions(log)
     key_src = json.dumps({"v": versions, "pkgs": DOM0_PACKAGES, "boot": BOOTSTRAP,
-                          "fmt": IMAGE_FORMAT, "suite": SUITE, "src": SOURCES}, sort_keys=True)
+                          "fmt": IMAGE_FORMAT, "suite": SUITE,
+                          "src": [Path(s).read_text() for s in SOURCES]}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     d = CACHE / f"dom0-{SUITE}-xen{XEN_SERIES}-{key}"
     if (d / "complete").exists():
