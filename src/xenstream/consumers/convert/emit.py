@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from xenstream.consumers.convert.envelope import Envelope
 from xenstream.consumers.convert.options import CONVERTER_VERSION, Context, ConversionError
@@ -54,7 +54,7 @@ class V2Emitter:
         self.hdr: Optional[LHeader] = None
         self.libxc_checker: Optional[LibxcChecker] = None
         self.libxl_checker: Optional[LibxlChecker] = None
-        self.findings: List[Tuple[str, str, str]] = []
+        self.findings: List[str] = []  # the refusals of the records written so far
         self.verify_written = False
         self.tsc_written = False
         self.w: LibxcWriter
@@ -69,16 +69,18 @@ class V2Emitter:
         if r.severity != ERROR:
             return  # what the verifier reports as a warning is written as it is
         last = last_restoring(r)
-        since = f"; Xen {r.since} and later refuse it, {last} is the last release that restores it"
-        text = f"the converted stream breaks rule {rule_id}: {message}" + (since if last else "")
+        since = (f"; Xen {r.since} and later refuse it, {last} is the last release that "
+                 "restores it" if last else "")
         if self.opts.target == ANY_RELEASE and not refused(r, ANY_RELEASE):
-            self.warn(text)
+            self.warn(f"the converted stream breaks rule {rule_id}: {message}{since}")
             self.res.release_dependent.append(rule_id)
         elif self.opts.force:
-            self.warn(f"{text}; written as forced")
+            self.warn(f"the converted stream breaks rule {rule_id}: {message}{since}; written "
+                      "as forced")
             self.res.forced.append(rule_id)
         else:
-            self.findings.append((rule_id, r.authority, text))
+            self.findings.append(f"the converted stream would break rule {rule_id}: "
+                                 f"{message}{since}")
 
     def _libxc_record(self, w: LibxcWriter, rtype: int, body: bytes) -> None:
         w.record(rtype, body)
@@ -99,8 +101,7 @@ class V2Emitter:
 
     def _check_findings(self) -> None:
         if self.findings:
-            rule, _auth, msg = self.findings[0]
-            raise ConversionError(self.src.pos, msg.replace("breaks", "would break", 1)
+            raise ConversionError(self.src.pos, self.findings[0]
                                   + self.hint(" (--force writes it anyway)"))
 
     # -- legacy header -> v2 headers --------------------------------------------------------
