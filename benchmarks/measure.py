@@ -22,11 +22,12 @@ is waited for with ``waitid(WEXITED | WNOWAIT)`` so that it stays a zombie: its
 With ``stdin_file`` the command's stdin is that file, opened read-only (a
 seekable descriptor, as libxl hands its converter the saved image's fd).  With
 ``consumer`` (``[cat]``) the command's stdout is a pipe into the consumer,
-whose stdout is ``consumer_out`` (created/truncated): ``... | cat >OUT``.
+whose stdout is ``consumer_out`` (created/truncated): ``... | cat >OUT``.  With
+``stdout_file`` the command's stdout is that file (created/truncated): ``>OUT``.
 
 Request:  {"argv": [...], "env": {...}, "producer": [cat, image] | null,
            "stdin_file": path | null, "consumer": [cat] | null, "consumer_out": path | null,
-           "stderr": path, "timeout": seconds}
+           "stdout_file": path | null, "stderr": path, "timeout": seconds}
 Answer:   {"seconds": s, "main": PROC, "producer": PROC | null, "consumer": PROC | null,
            "floor_kib": n}
           PROC = {"exit": n (-N: signal N), "rchar": n | null, "io": {...} | null,
@@ -114,6 +115,9 @@ def measure(req, devnull_r, devnull_w):
             opened.append(stdin)
         stdout = devnull_w
         cons_in = cons_out = None
+        if req.get("stdout_file"):
+            stdout = os.open(req["stdout_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            opened.append(stdout)
         if consumer:
             cons_in, stdout = os.pipe()
             opened += [cons_in, stdout]

@@ -32,7 +32,7 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from cases import CASES, IMAGES, Case, Image, MiB
+from cases import CASES, IMAGES, Case, Image, MiB, Versus
 from legacy_images import LegacyImageSpec, write_legacy_image
 from legacy_images import estimate_size as legacy_estimate_size
 from xenstream.writers.v2 import write_image
@@ -135,10 +135,11 @@ class Runner:
 
     def run(self, argv: Sequence[str], env: Dict[str, str], pipe_from: Optional[str],
             cat: str, out_path: Optional[Path], stdin_file: Optional[str] = None,
-            consumer: bool = False) -> Run:
+            consumer: bool = False, stdout_out: bool = False) -> Run:
         """Run ``argv`` (stdout to /dev/null); with ``pipe_from``, as the reader of
         ``cat pipe_from |``; with ``stdin_file``, with that file as stdin; with
-        ``consumer``, with stdout into ``| cat >out_path``.  The time is wall-clock
+        ``consumer``, with stdout into ``| cat >out_path``; with ``stdout_out``,
+        with stdout ``>out_path``.  The time is wall-clock
         from the first spawn to the last exit."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         if out_path is not None and out_path.exists():
@@ -147,6 +148,7 @@ class Runner:
         req = {"argv": list(argv), "env": env, "producer": producer,
                "stdin_file": stdin_file, "consumer": [cat] if consumer else None,
                "consumer_out": str(out_path) if consumer else None,
+               "stdout_file": str(out_path) if stdout_out else None,
                "stderr": str(self.err_path), "timeout": self.timeout}
         try:
             self.proc.stdin.write(json.dumps(req) + "\n")
@@ -368,6 +370,21 @@ class CaseResult:
     ref_runs: List[Run] = field(default_factory=list)
     skipped: str = ""
     peer: Optional[CaseResult] = None  # the case named by Case.rss_vs, if it ran
+    #: per Case.versus label: its argv and runs (one per round, beside tool_runs)
+    versus_argv: Dict[str, List[str]] = field(default_factory=dict)
+    versus_runs: Dict[str, List[Run]] = field(default_factory=dict)
+    versus_skipped: Dict[str, str] = field(default_factory=dict)
+
+    def versus_ratios(self, label: str) -> List[float]:
+        return [t.seconds / r.seconds for t, r in zip(self.tool_runs, self.versus_runs[label])]
+
+    def versus_cpu_ratios(self, label: str) -> List[float]:
+        return [t.cpu / max(r.cpu, 1e-3) for t, r in zip(self.tool_runs, self.versus_runs[label])]
+
+    def versus_ok(self, v: Versus) -> Optional[bool]:
+        if v.max_ratio is None or v.label not in self.versus_runs:
+            return None
+        return statistics.median(self.versus_ratios(v.label)) <= v.max_ratio
 
     def rss_diff_kib(self) -> Optional[int]:
         if self.peer is None or self.peer.skipped or not self.peer.tool_runs:
@@ -401,6 +418,10 @@ class CaseResult:
         diff = self.rss_diff_kib()
         if t.max_rss_diff_mib is not None and diff is not None:
             out.append(("rss-diff", abs(diff) <= t.max_rss_diff_mib * 1024))
+        for v in c.versus:
+            ok = self.versus_ok(v)
+            if ok is not None:
+                out.append((f"vs-{v.label}", ok))
         return out
 
     def max_rchar(self) -> Optional[int]:
@@ -451,6 +472,20 @@ class CaseResult:
             "warmup": {k: v.to_json() for k, v in self.warmup.items()},
             "tool_runs": [r.to_json() for r in self.tool_runs],
             "ref_runs": [r.to_json() for r in self.ref_runs],
+            "versus": {
+                v.label: ({"skipped": self.versus_skipped[v.label]}
+                          if v.label in self.versus_skipped else {
+                              "argv": self.versus_argv[v.label], "max_ratio": v.max_ratio,
+                              "median_ratio": round(statistics.median(
+                                  self.versus_ratios(v.label)), 4),
+                              "ratios": [round(x, 4) for x in self.versus_ratios(v.label)],
+                              "median_cpu_ratio": round(statistics.median(
+                                  self.versus_cpu_ratios(v.label)), 4),
+                              "median_seconds": round(statistics.median(
+                                  r.seconds for r in self.versus_runs[v.label]), 6),
+                              "exits": sorted({r.main.exit for r in self.versus_runs[v.label]}),
+                              "runs": [r.to_json() for r in self.versus_runs[v.label]]})
+                for v in c.versus},
         })
         return d
 
@@ -460,37 +495,53 @@ def expand(template: Sequence[str], image: Path, out: Path) -> List[str]:
 
 
 def run_case(res: CaseResult, runner: Runner, tool: Tool, ref_prog: str, cat: str,
-             image: Path, pairs: int, log: Any) -> None:
+             image: Path, pairs: int, log: Any, others: Dict[str, Tuple[List[str], Dict[str, str]]],
+             ) -> None:
+    """Warm up, then ``pairs`` rounds: the tool, the reference and every
+    ``Case.versus`` command (``others``: label -> resolved argv prefix and
+    environment), in an order that rotates from round to round."""
     c = res.case
     out = runner.workdir / "out.bin"
     res.tool_argv = tool.argv + expand(c.tool[1:], image, out)
     res.ref_argv = [ref_prog] + expand(c.reference[1:], image, out)
-    uses_out = any("{out}" in w for w in c.tool + c.reference)
+    uses_out = any("{out}" in w for w in c.tool + c.reference) or any(
+        "{out}" in w for v in c.versus for w in v.argv)
     pipe_from = str(image) if c.pipe else None
     stdin_file = str(image) if c.stdin_image else None
-    out_path = out if (uses_out or c.consumer) else None
+    out_path = out if (uses_out or c.consumer or c.stdout_out) else None
 
-    def tool_run() -> Run:
-        return runner.run(res.tool_argv, tool.env, pipe_from, cat, out_path, stdin_file,
-                          c.consumer)
+    def runner_of(argv: List[str], env: Dict[str, str]) -> Any:
+        return lambda: runner.run(argv, env, pipe_from, cat, out_path, stdin_file, c.consumer,
+                                  c.stdout_out)
 
-    def ref_run() -> Run:
-        return runner.run(res.ref_argv, dict(os.environ), pipe_from, cat, out_path, stdin_file,
-                          c.consumer)
-
-    res.warmup["reference"] = ref_run()
-    res.warmup["tool"] = tool_run()
+    cmds: List[Tuple[str, Any]] = [("tool", runner_of(res.tool_argv, tool.env)),
+                                   ("reference", runner_of(res.ref_argv, dict(os.environ)))]
+    for v in c.versus:
+        if v.label not in others:
+            continue
+        prefix, env = others[v.label]
+        argv = prefix + expand(v.argv[1:], image, out)
+        res.versus_argv[v.label] = argv
+        res.versus_runs[v.label] = []
+        cmds.append((v.label, runner_of(argv, env)))
+    for name, fn in [cmds[1], cmds[0], *cmds[2:]]:
+        res.warmup[name] = fn()
     for i in range(pairs):
-        if i % 2 == 0:
-            t = tool_run()
-            r = ref_run()
-        else:
-            r = ref_run()
-            t = tool_run()
-        res.tool_runs.append(t)
-        res.ref_runs.append(r)
-        log(f"    pair {i + 1}/{pairs}: tool {t.seconds:.3f} s, reference {r.seconds:.3f} s, "
-            f"ratio {t.seconds / r.seconds:.3f}")
+        k = i % len(cmds)
+        order = cmds[k:] + cmds[:k]
+        if i % 2:
+            order.reverse()
+        got: Dict[str, Run] = {}
+        for name, fn in order:
+            got[name] = fn()
+        res.tool_runs.append(got["tool"])
+        res.ref_runs.append(got["reference"])
+        for label in res.versus_runs:
+            res.versus_runs[label].append(got[label])
+        t = got["tool"].seconds
+        log(f"    round {i + 1}/{pairs}: tool {t:.3f} s, "
+            + ", ".join(f"{name} {got[name].seconds:.3f} s (ratio {t / got[name].seconds:.3f})"
+                        for name, _ in cmds[1:]))
     w = res.warmup["tool"]
     if c.expect_exit is not None and (w.main.exit != c.expect_exit or not w.helpers_ok):
         log(f"    tool exit {w.main.exit} (expected {c.expect_exit}); stderr:\n"
@@ -555,6 +606,24 @@ def table(results: Sequence[CaseResult]) -> str:
             ",".join(str(e) for e in exits),
             res.verdict(),
         ))
+        for v in c.versus:
+            name = f"  vs {v.label}"
+            if v.label in res.versus_skipped:
+                rows.append((name, "", "", "", "", "", "", "", "", "", "", "", "",
+                             f"SKIP ({res.versus_skipped[v.label]})"))
+                continue
+            vr = res.versus_ratios(v.label)
+            ok = res.versus_ok(v)
+            vexits = sorted({r.main.exit for r in res.versus_runs[v.label]})
+            rows.append((
+                name, "",
+                f"{statistics.median(r.seconds for r in res.versus_runs[v.label]):.3f}",
+                f"{statistics.median(vr):.2f}", f"[{min(vr):.2f}-{max(vr):.2f}]",
+                fmt_target(v.max_ratio, "<="),
+                f"{statistics.median(res.versus_cpu_ratios(v.label)):.2f}",
+                "", "", "", "", "", ",".join(str(e) for e in vexits),
+                "-" if ok is None else ("PASS" if ok else "FAIL"),
+            ))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(head)]
     left = {0, 13}
@@ -587,6 +656,24 @@ def source_state() -> str:
     if not head:
         return "(not a git checkout)"
     return f"at {head}" + (" + uncommitted changes in src/" if dirty else "")
+
+
+def filesystem(path: str) -> str:
+    """The type and mount point of the filesystem ``path`` is on (/proc/mounts)."""
+    real = os.path.realpath(path)
+    best = ("?", "")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[1]):
+                    best = (parts[2], mnt)
+    except OSError:
+        pass
+    return f"{best[0]} (mounted at {best[1] or '?'}; {real})"
 
 
 def cpu_model() -> str:
@@ -676,17 +763,21 @@ def _main(args: argparse.Namespace) -> int:
         raise BenchError("cat not found on PATH")
     refs: Dict[str, str] = {}
     for c in cases:
-        prog = shutil.which(c.reference[0])
-        if prog is None:
-            raise BenchError(f"reference command {c.reference[0]!r} not found on PATH")
-        refs[c.reference[0]] = prog
+        for word in [c.reference[0]] + [v.argv[0] for v in c.versus]:
+            if word.startswith(UPSTREAM_PREFIX):
+                continue
+            prog = shutil.which(word)
+            if prog is None:
+                raise BenchError(f"reference command {word!r} not found on PATH")
+            refs[word] = prog
 
     parent = args.tmpdir or tempfile.gettempdir()
     if not os.path.isdir(parent):
         raise BenchError(f"--tmpdir {parent}: not a directory")
     est = {n: estimate_size(s) for n, s in specs.items()}
-    uses_out = any("{out}" in w for c in cases for w in c.tool + c.reference) or any(
-        c.consumer for c in cases)
+    uses_out = any("{out}" in w for c in cases
+                   for w in c.tool + c.reference + tuple(x for v in c.versus for x in v.argv)
+                   ) or any(c.consumer or c.stdout_out for c in cases)
     need = sum(est.values()) + (max(est.values()) if uses_out and est else 0) + 64 * MiB
     free = shutil.disk_usage(parent).free
     if free < need:
@@ -706,7 +797,10 @@ def _main(args: argparse.Namespace) -> int:
             upstream = (root, pythonpath)
             notes += unotes
         pycache = None if args.env_as_is else workdir / "pycache"
-        tools = resolve_tools(list(dict.fromkeys(c.tool[0] for c in cases)), args.python,
+        tool_names = [c.tool[0] for c in cases] + [
+            v.argv[0] for c in cases for v in c.versus
+            if v.argv[0].startswith(UPSTREAM_PREFIX) and upstream is not None]
+        tools = resolve_tools(list(dict.fromkeys(tool_names)), args.python,
                               upstream, tool_env(pycache))
         if pycache is not None:
             notes.append("Python tools run with bytecode cached in the temp dir (PYTHONPYCACHEPREFIX"
@@ -748,8 +842,17 @@ def _main(args: argparse.Namespace) -> int:
             res = CaseResult(c, image_size=image_info[c.image]["size"])
             results.append(res)
             log(f"{c.name}: warm-up + {args.pairs} pairs ...")
+            others: Dict[str, Tuple[List[str], Dict[str, str]]] = {}
+            for v in c.versus:
+                if v.argv[0].startswith(UPSTREAM_PREFIX):
+                    if v.argv[0] not in tools:
+                        res.versus_skipped[v.label] = "needs --upstream-xen"
+                        continue
+                    others[v.label] = (tools[v.argv[0]].argv, tools[v.argv[0]].env)
+                else:
+                    others[v.label] = ([refs[v.argv[0]]], dict(os.environ))
             run_case(res, runner, tools[c.tool[0]], refs[c.reference[0]], cat,
-                     paths[c.image], args.pairs, log)
+                     paths[c.image], args.pairs, log, others)
         by_name = {r.case.name: r for r in results}
         for r in results:
             if r.case.rss_vs is not None:
@@ -767,6 +870,7 @@ def _main(args: argparse.Namespace) -> int:
                f"({cpu_model()}), Python {platform.python_version()}, "
                f"load {load_start[0]:.2f} -> {load_end[0]:.2f}")
     out.append(f"references: {first_line([cat, '--version'])}; xenstream {source_state()}")
+    out.append(f"filesystem of the images and outputs: {filesystem(parent)}")
     for name, tool in tools.items():
         b = baselines[name]
         out.append(f"tool {name}: {tool.how}")
@@ -784,7 +888,9 @@ def _main(args: argparse.Namespace) -> int:
     out.append("")
     out.append(table(results))
     out.append("")
-    out.append("ratio = median over pairs of (tool wall time / reference wall time); cpu ratio = "
+    out.append("ratio = median over rounds of (tool wall time / reference wall time), each round "
+               "running the tool, the reference and the 'vs' commands in rotating order;")
+    out.append("'vs X' rows: the same ratio against X in the same rounds; cpu ratio = "
                "the same with user+system CPU seconds")
     out.append("(information only); tool read = max rchar of the tool process over the timed runs "
                "(includes interpreter")
@@ -807,14 +913,19 @@ def _main(args: argparse.Namespace) -> int:
         def show(argv: Sequence[str], img: str = img) -> str:
             return " ".join(argv).replace(img, "IMAGE").replace(scratch, "OUT")
 
+        if c.stdout_out:
+            tail = " >OUT"
         out.append(f"  {c.name}: tool: {pipe}{show(res.tool_argv)}{stdin}{tail}"
                    f"   reference: {pipe}{show(res.ref_argv)}{stdin}{tail}")
+        for label, argv in res.versus_argv.items():
+            out.append(f"      vs {label}: {pipe}{show(argv)}{stdin}{tail}")
     print("\n".join(out), flush=True)
 
     if args.json:
         doc = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "quick": args.quick, "pairs": args.pairs,
+            "filesystem": filesystem(parent),
             "host": {"hostname": socket.gethostname(), "kernel": platform.release(),
                      "cpus": os.cpu_count(), "cpu": cpu_model(),
                      "python": platform.python_version(), "loadavg_start": load_start,

@@ -34,6 +34,24 @@ BIG_WINDOW = 64 * 1024
 #: Chunk used to discard data from a non-seekable input.
 DISCARD_CHUNK = 1024 * 1024
 
+# -- how page data moves (the one place for these thresholds) --------------------------
+#
+# Page payloads of at least KERNEL_COPY_MIN bytes move in the kernel
+# (copy_file_range, sendfile, splice): no copy through user space, one system
+# call per payload.  Smaller payloads cost more in system calls than in
+# copying, so they are read in bulk through one reusable window of
+# DATA_WINDOW bytes (seekable input: one pread per window; a pipe: one read
+# per payload, exactly the bytes the stream has declared) and written with
+# one writev per window.  Chosen by measurement (benchmarks/README.md,
+# "Choosing the threshold").
+
+#: payloads from this size up move in the kernel
+KERNEL_COPY_MIN = 256 * 1024
+#: the reusable window small payloads are read through, on seekable input
+DATA_WINDOW = 8 * 1024 * 1024
+#: the same on a pipe, where reads are exact and at most a pipe buffer each
+PIPE_DATA_WINDOW = 1024 * 1024
+
 PathOrFd = Union[str, int]
 
 

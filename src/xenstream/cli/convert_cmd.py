@@ -3,8 +3,12 @@
 Output safety: a regular-file output is written to an exclusive temporary file
 (mode 0600) in the same directory and renamed over the target only on
 success, so a failure leaves no partial file and an existing file untouched;
-the output can never be the input.  FIFOs, devices and descriptors are written
-directly (a failure is then the non-zero exit status).
+the output can never be the input.  Before the rename the file's data is
+flushed to the disk (``fdatasync``), and after it the directory (``fsync``),
+so a power loss leaves either the old file or the whole new one under the
+name (``--no-fsync`` skips both, for users who sync once after a batch).
+FIFOs, devices and descriptors are written directly (a failure is then the
+non-zero exit status; their durability is the caller's).
 """
 
 from __future__ import annotations
@@ -30,23 +34,31 @@ class Output:
     """Where converted bytes go; :meth:`commit` or :meth:`abort` ends it."""
 
     def __init__(self, fd: Optional[int], *, final: Optional[str] = None,
-                 tmp: Optional[str] = None, close: bool = False, name: str = "") -> None:
+                 tmp: Optional[str] = None, close: bool = False, name: str = "",
+                 durable: bool = True) -> None:
         self.fd = fd
         self.final = final
         self.tmp = tmp
         self.close_fd = close
         self.name = name
+        #: flush the data and the rename to the disk (a file we create only)
+        self.durable = durable
 
     def commit(self) -> None:
-        # No fsync: the input is never the output, so a crash loses nothing
-        # that cannot be converted again; the rename is what keeps a partial
-        # file from ever standing under the output's name.
+        """Make the output final: for a file we created, its data on the disk
+        (when durable), then the rename, then the directory entry on the disk."""
+        renaming = self.tmp is not None and self.final is not None
+        if renaming and self.durable and self.fd is not None:
+            os.fdatasync(self.fd)
         if self.close_fd and self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if self.tmp is not None and self.final is not None:
+        if renaming:
+            assert self.tmp is not None and self.final is not None
             os.replace(self.tmp, self.final)
             self.tmp = None
+            if self.durable:
+                fsync_directory(os.path.dirname(os.path.abspath(self.final)))
 
     def abort(self) -> None:
         if self.close_fd and self.fd is not None:
@@ -63,14 +75,24 @@ class Output:
             self.tmp = None
 
 
+def fsync_directory(path: str) -> None:
+    """``fsync`` a directory, so that a rename in it is on the disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def open_output(spec: str, src: Source, *, allow_bare_fd: bool = False,
-                dry_run: bool = False) -> Output:
+                dry_run: bool = False, durable: bool = True) -> Output:
     """Open ``spec`` (path, ``-``, ``/dev/fd/N``, or a bare fd number for the
-    drop-in) for writing the conversion of ``src``."""
+    drop-in) for writing the conversion of ``src``; ``durable``: see
+    :meth:`Output.commit`."""
     if dry_run:
         return Output(None, name="(dry run)")
     in_st = os.fstat(src.fd)
@@ -115,7 +137,7 @@ def open_output(spec: str, src: Source, *, allow_bare_fd: bool = False,
                                    dir=directory)
     except OSError as e:
         raise UsageError(f"cannot create a file in {directory}: {e.strerror}") from None
-    return Output(fd, final=spec, tmp=tmp, close=True, name=spec)
+    return Output(fd, final=spec, tmp=tmp, close=True, name=spec, durable=durable)
 
 
 def run_conversion(src: Source, out: Output, opts: ConvertOptions,

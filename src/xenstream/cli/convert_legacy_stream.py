@@ -4,7 +4,8 @@ Same options and meaning as upstream (``tools/python/scripts/convert-legacy-stre
 ``-i/--in`` and ``-o/--out`` (an fd number or a file), ``-w/--width 32|64``,
 ``-g/--guest-type pv|hvm`` (``--guest`` as libxl abbreviates it),
 ``-f/--format libxc|libxl`` (default libxc), ``-x/--xl``, ``--skip-qemu``,
-``-v``, ``--syslog``, ``--version``.  Width and guest type are optional and
+``-v``, ``--syslog``, ``--version`` (and xenstream's ``--no-fsync``: an output
+file is otherwise flushed to the disk before it is renamed into place).  Width and guest type are optional and
 detected from the content: a ``-w`` that contradicts it is overridden with a
 warning (libxl passes its own width), a ``-g`` that contradicts it is an
 error.  The input is never read past the legacy stream, so with
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="libxc stream version to write (default 2, which every Xen from 4.6 "
                    "restores; 3 needs Xen >= 4.14)")
     p.add_argument("--syslog", action="store_true", help="Log to syslog instead of stdout")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="(xenstream) an output FILE is not flushed to the disk before it is "
+                   "renamed into place")
     p.add_argument("--version", action="version",
                    version=f"{CONVERTER_VERSION} (xenstream)")
     return p
@@ -99,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         upstream_xl=True, hints=False, stream_version=args.stream_version, target=ANY_RELEASE)
     with src:
         try:
-            out = open_output(args.fout, src, allow_bare_fd=True)
+            out = open_output(args.fout, src, allow_bare_fd=True, durable=not args.no_fsync)
             res = run_conversion(src, out, opts, log)
         except Exception as e:  # noqa: BLE001 - one line, never a traceback
             line, rc = error_line(e, src.name)

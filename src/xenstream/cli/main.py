@@ -121,7 +121,8 @@ def _convert(args: argparse.Namespace) -> int:
         progress=progress)
     with src:
         try:
-            out = open_output(args.output, src, dry_run=args.dry_run)
+            out = open_output(args.output, src, dry_run=args.dry_run,
+                              durable=not args.no_fsync)
             res = run_conversion(src, out, opts, log)
         except Exception as e:  # noqa: BLE001 - one line, never a traceback
             progress.close()
@@ -263,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="convert a guest that used tmem, losing its tmem pages (warned)")
     cv.add_argument("--dry-run", action="store_true",
                     help="perform the whole conversion without writing anything")
+    cv.add_argument("--no-fsync", action="store_true",
+                    help="do not flush the output to the disk before renaming it into place "
+                    "(faster; a power loss may then leave an empty or partial file under "
+                    "OUT: sync once after a batch of conversions)")
     cv.add_argument("--tmpdir", metavar="DIR",
                     help="directory for staging checkpointed (Remus) streams (default: $TMPDIR)")
     cv.add_argument("-v", "--verbose", action="store_true", help="say what was found")

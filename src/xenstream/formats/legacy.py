@@ -271,21 +271,33 @@ class LChunk(_Lazy):
 
 class LBatchRun(_Item):
     """Consecutive page batches of plain pfns (type NOTAB, below p2m_size),
-    found by a consumer that set :attr:`xenstream.reading.legacy.LegacyParser.bulk` (seekable input).
+    found in bulk by a consumer that set
+    :attr:`xenstream.reading.legacy.LegacyParser.bulk` or ``bulk_data``.
     ``batches`` holds ``(data_offset, entries)`` per batch: the page data,
     ``4096 * len(entries)`` bytes, is at ``data_offset`` in the input.  The
-    parser resumes at ``end``; the consumer moves the data by offset."""
+    parser resumes at ``end``.
 
-    __slots__ = ("batches", "end", "pages", "checkpoint")
+    ``window``, when not None, holds the input bytes from ``window_start``
+    (the run's first count) to ``end``: every batch's count, entries and page
+    data, read in bulk; the consumer slices the data out of it (and, for a
+    64-bit toolstack, the entries: ``width`` 8 makes them the v2 words as they
+    are).  It is valid only until the next item.  Without it the data is
+    still in the input, to be moved by offset (seekable input)."""
+
+    __slots__ = ("batches", "end", "pages", "checkpoint", "window", "window_start", "width")
     kind = "page batches"
 
     def __init__(self, offset: int, batches: List[Tuple[int, Tuple[int, ...]]], end: int,
-                 pages: int, checkpoint: int) -> None:
+                 pages: int, checkpoint: int, window: Optional[memoryview] = None,
+                 window_start: int = 0, width: int = 8) -> None:
         self.offset = offset
         self.batches = batches
         self.end = end
         self.pages = pages
         self.checkpoint = checkpoint
+        self.window = window
+        self.window_start = window_start
+        self.width = width
 
 
 class LBodyEnd(_Item):

@@ -21,6 +21,7 @@ import os
 import struct
 from typing import Iterator, List, Optional, Tuple
 
+from xenstream import io
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.formats.legacy import (
     GUEST_WIDTH_OF_CTX,
@@ -125,26 +126,183 @@ class LegacyParser:
 
     _stop_after_tail = False
     #: set by a consumer that moves page data by offset (seekable input only):
-    #: runs of plain batches then come as one LBatchRun item
+    #: runs of plain batches then come as one LBatchRun item, their pfn lists
+    #: read with one exact ``pread`` per batch and their data left in the input
     bulk = False
+    #: set by a consumer that moves page data (the converter): runs of plain
+    #: batches whose payloads are below ``io.KERNEL_COPY_MIN`` come as LBatchRun
+    #: items with their bytes in a reusable window (any input); larger
+    #: payloads as LBatchRun items without a window (seekable input) or as
+    #: LBatch items, for the consumer to move in the kernel
+    bulk_data = False
+    _window: Optional[bytearray] = None
+    _no_run_at = -1  # a batch the window found typed: for the ordinary path
+    _pipe_window = 64 * 1024  # the part of the window a pipe run uses
+    _win_start = 0  # seekable input: the window holds the input's bytes from here ...
+    _win_len = 0  # ... this many
 
     def _plain_run(self, at: int, n: int, number: int) -> Optional[LBatchRun]:
-        """Batches of plain pfns from ``at`` (whose count ``n`` is read), checked
-        with one exact ``pread`` each; stops before any other chunk or batch,
-        leaving it for the ordinary path."""
-        src = self.src
+        """A run of plain batches from the batch at ``at`` (whose count ``n``
+        is read), or None: the ordinary path reads the batch."""
+        if not 0 < n <= MAX_BATCH_SIZE or at == self._no_run_at:
+            return None  # (a bad count is for the ordinary path to report)
+        small = n * PAGE_SIZE < io.KERNEL_COPY_MIN
+        if self.bulk_data and small:
+            if self.src.seekable:
+                return self._window_run(at, number)
+            return self._pipe_run(at, n, number)
+        if self.src.seekable:
+            return self._header_run(at, n, number)
+        return None
+
+    def _limits(self) -> Tuple[int, str, int]:
         hdr = self.header
         assert hdr is not None
+        return hdr.width, "Q" if hdr.width == 8 else "I", min(hdr.p2m_size, PFINFO_PFN_MASK + 1)
+
+    def _window_buf(self, size: int) -> memoryview:
+        """The reusable window, at least ``size`` bytes (grown, never shrunk)."""
+        if self._window is None or len(self._window) < size:
+            self._window = bytearray(size)
+        return memoryview(self._window)
+
+    def _window_run(self, at: int, number: int) -> Optional[LBatchRun]:
+        """Seekable input: the small plain batches from ``at`` that lie wholly
+        in the window, which is read with one ``pread`` (from ``at``) unless it
+        already holds them: a run that stopped at a typed batch goes on in the
+        same window after the ordinary path has read that one."""
+        src = self.src
         size = src.size
-        if size is None or not 0 < n <= MAX_BATCH_SIZE:
-            return None  # (a bad count is for the ordinary path to report)
-        w = hdr.width
-        fmt = "Q" if w == 8 else "I"
-        limit = min(hdr.p2m_size, PFINFO_PFN_MASK + 1)
+        assert size is not None
+        w, fmt, limit = self._limits()
+        small = io.KERNEL_COPY_MIN
+        unpack_from = struct.unpack_from
+        fresh = not (at - self._win_start >= 0 and at - self._win_start + 4 <= self._win_len)
+        while True:
+            if fresh:
+                want = min(io.DATA_WINDOW, size - at)
+                mv = self._window_buf(want)
+                got = 0
+                while got < want:
+                    k = os.preadv(src.fd, [mv[got:want]], at + got)
+                    if k <= 0:
+                        break
+                    got += k
+                src.bytes_read += got
+                self._win_start, self._win_len = at, got
+            buf = self._window
+            assert buf is not None
+            mv = memoryview(buf)
+            ws, got = self._win_start, self._win_len
+            at_eof = ws + got == size
+            batches: List[Tuple[int, Tuple[int, ...]]] = []
+            pages = 0
+            p = at - ws
+            while p + 4 <= got:
+                count = unpack_from("<i", buf, p)[0]
+                if not 0 < count <= MAX_BATCH_SIZE or count * PAGE_SIZE >= small:
+                    break
+                data = p + 4 + count * w
+                nxt = data + count * PAGE_SIZE
+                if nxt > got:
+                    if at_eof or (fresh and not batches):
+                        self._no_run_at = ws + p  # the input ends inside it, or it is too big
+                    break  # else it continues past the window: the next run reads it
+                entries = unpack_from(f"<{count}{fmt}", buf, p + 4)
+                if max(entries) >= limit:
+                    self._no_run_at = ws + p  # types, XTAB entries, out-of-range pfns
+                    break
+                batches.append((ws + data, entries))
+                pages += count
+                p = nxt
+            if batches or fresh or self._no_run_at == at:
+                break
+            fresh = True  # the rest of the window holds no whole batch: read on
+        if not batches:
+            return None
+        end = ws + p
+        src.advance_to(end, bytes(buf[p : min(got, p + io.BIG_WINDOW)]))
+        return LBatchRun(at, batches, end, pages, number, mv[:p], ws, w)
+
+    def _pipe_run(self, at: int, n: int, number: int) -> Optional[LBatchRun]:
+        """Non-seekable input: read each small plain batch's entries and data,
+        and the next count, with one exact read into the window: never a byte
+        the stream has not declared (a batch is always followed by a count or
+        a chunk id), so a parent sharing the descriptor reads on from the
+        right place.  A batch found typed is given back (``Source.unread``)
+        for the ordinary path, and so is a count that ends the run."""
+        src = self.src
+        w, fmt, limit = self._limits()
+        first = n * (w + PAGE_SIZE) + 8
+        if first > io.PIPE_DATA_WINDOW:
+            return None
+        # the part used grows with the runs, to PIPE_DATA_WINDOW when they fill it
+        size = max(self._pipe_window, first)
+        mv = self._window_buf(size)[:size]
+        buf = self._window
+        assert buf is not None
+        small = io.KERNEL_COPY_MIN
+        unpack_from = struct.unpack_from
+        batches: List[Tuple[int, Tuple[int, ...]]] = []
+        pages = 0
+        struct.pack_into("<i", buf, 0, n)  # the first count (already consumed)
+        fill = 4  # window bytes in use, the count at hand's included: byte i is at + i
+        count = n
+        while True:
+            need = count * (w + PAGE_SIZE) + 4  # entries, data, the next count
+            if fill + need > len(mv):
+                self._pipe_window = min(io.PIPE_DATA_WINDOW, 2 * self._pipe_window)
+                break  # (not for the first batch: checked above)
+            got = src.readinto(mv[fill : fill + need])
+            if got != need:
+                raise self._pipe_truncated(at + fill, count, w, got)
+            entries = unpack_from(f"<{count}{fmt}", buf, fill)
+            if max(entries) >= limit:
+                if not batches:  # the ordinary path reads on after the count
+                    src.unread(bytes(mv[fill : fill + need]))
+                    return None
+                src.unread(bytes(mv[fill : fill + need]))
+                self._no_run_at = at + fill - 4
+                break
+            batches.append((at + fill + count * w, entries))
+            pages += count
+            fill += need
+            count = unpack_from("<i", buf, fill - 4)[0]
+            if not 0 < count <= MAX_BATCH_SIZE or count * PAGE_SIZE >= small:
+                break
+        # the count at hand (window bytes fill-4..fill) is not in the run
+        src.unread(bytes(mv[fill - 4 : fill]))
+        fill -= 4
+        return LBatchRun(at, batches, at + fill, pages, number, mv[:fill], at, w)
+
+    @staticmethod
+    def _pipe_truncated(at: int, count: int, w: int, got: int) -> TruncatedError:
+        """The error for a batch whose entries start at ``at``, read short."""
+        if got < count * w:
+            return TruncatedError(at, count * w, got, what="legacy page batch (pfn types)",
+                                  layer=LAYER)
+        got -= count * w
+        if got < count * PAGE_SIZE:
+            return TruncatedError(at + count * w, count * PAGE_SIZE, got,
+                                  what="legacy page batch", layer=LAYER)
+        return TruncatedError(at + count * (w + PAGE_SIZE), 4, got - count * PAGE_SIZE,
+                              what="legacy chunk", layer=LAYER)
+
+    def _header_run(self, at: int, n: int, number: int) -> Optional[LBatchRun]:
+        """Seekable input: batches of plain pfns from ``at``, each checked with
+        one exact ``pread`` of its count and entries; the data stays in the
+        input.  With ``bulk_data`` the run stops before a small batch (for
+        the window)."""
+        src = self.src
+        size = src.size
+        assert size is not None
+        w, fmt, limit = self._limits()
+        stop_small = self.bulk_data
+        small = io.KERNEL_COPY_MIN
         fd = src.fd
         pos = at  # the count of the batch at hand
         count = n
-        guess = n  # entries fetched along with the next count: the last batch's
+        guess = max(n, 16)  # entries fetched along with the next count
         batches: List[Tuple[int, Tuple[int, ...]]] = []
         pages = 0
         nread = 0
@@ -156,7 +314,7 @@ class LegacyParser:
                 if len(raw) < 4:
                     break
                 count = struct.unpack_from("<i", raw)[0]
-                if not 0 < count <= MAX_BATCH_SIZE:
+                if not 0 < count <= MAX_BATCH_SIZE or (stop_small and count * PAGE_SIZE < small):
                     break
                 if len(raw) < 4 + count * w:
                     raw = os.pread(fd, 4 + count * w, pos)
@@ -178,7 +336,7 @@ class LegacyParser:
                 break
             batches.append((data, entries))
             pages += count
-            guess = count
+            guess = max(count, 16)
             pos = nxt
             if pages >= RUN_MAX_PAGES:
                 break  # bounded memory: the next run goes on from here
@@ -272,7 +430,8 @@ class LegacyParser:
             if n == 0:
                 yield LBodyEnd(at, number)
                 break
-            if n > 0 and self.bulk and not self.compressing and not self.inp.pre:
+            if (n > 0 and (self.bulk or self.bulk_data) and not self.compressing
+                    and not self.inp.pre):
                 run = self._plain_run(at, n, number)
                 if run is not None:
                     yield run

@@ -22,6 +22,7 @@ little-endian.
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -537,6 +538,7 @@ class LegacySpec:
     vcpus: int = 1
     offline_vcpus: Sequence[int] = ()  # vcpu ids (< vcpus, not 0) left out of the map and tail
     batch: int = 1024
+    batch_sizes: Sequence[int] = ()  # batches of these sizes in turn, instead of ``batch``
     live: bool = False  # live: 2 iterations, TSC chunk between them; else TSC first
     checkpoints: int = 0  # 0 = plain stream; n = Remus with n checkpoints
     compression: bool = False  # Remus compression from checkpoint 2 on
@@ -700,8 +702,8 @@ def write_legacy(out: BinaryIO, spec: LegacySpec) -> Expected:
         raise ValueError("without extended info the guest width is the toolstack's")
     if spec.compression and not spec.checkpoints:
         raise ValueError("compression needs a checkpointed (Remus) stream")
-    if not 1 <= spec.batch <= MAX_BATCH_SIZE:
-        raise ValueError("batch must be 1..1024")
+    if not all(1 <= b <= MAX_BATCH_SIZE for b in (spec.batch, *spec.batch_sizes)):
+        raise ValueError("batch sizes must be 1..1024")
     toolstack_on, qemu_kind = _resolve(spec)
     pv = spec.guest == "pv"
     gw = spec.guest_width if pv else 8
@@ -752,8 +754,12 @@ def write_legacy(out: BinaryIO, spec: LegacySpec) -> Expected:
         In compressed checkpoints pfn 9 is resent unchanged (an EMPTY page)."""
         xalloc = xalloc or set()
         encodings: List[bytes] = []
-        for i in range(0, len(pfns), spec.batch):
-            chunk = pfns[i:i + spec.batch]
+        sizes = itertools.cycle(spec.batch_sizes or (spec.batch,))
+        i = 0
+        while i < len(pfns):
+            step = next(sizes)
+            chunk = pfns[i:i + step]
+            i += step
             types: List[int] = []
             data: List[bytes] = []
             for p in chunk:

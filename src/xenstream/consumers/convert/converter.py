@@ -195,8 +195,12 @@ class Converter:
     def _start(self, h: LHeader) -> None:
         self.hdr = h
         lp = self.parser.legacy_parser
-        if lp is not None and self.src.seekable:
-            lp.bulk = True  # page data is moved by offset
+        if lp is not None:
+            # plain batches come in bulk: large payloads are moved by offset
+            # (seekable input), small ones with their bytes in the parser's
+            # window (unless nothing is written: a dry run only skips them)
+            lp.bulk = self.src.seekable
+            lp.bulk_data = self.out.fd is not None or not self.src.seekable
         self.res.width = h.width * 8
         self.res.guest = h.guest
         self.emit.start(h)

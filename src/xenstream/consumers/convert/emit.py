@@ -165,15 +165,41 @@ class V2Emitter:
     # -- pages ----------------------------------------------------------------------------
 
     def batch_run(self, run: LBatchRun) -> None:
-        """Plain-pfn batches the parser found in bulk: a PAGE_DATA record each,
-        the page data moved by offset (type NOTAB: the v2 words are the pfns)."""
+        """Plain-pfn batches the parser found in bulk: a PAGE_DATA record each
+        (type NOTAB: the v2 words are the pfns).  With the run's bytes in the
+        parser's window, the records go out with one ``writev``: headers and
+        slices of the window, the entries too when they are 8 bytes wide (then
+        they are the v2 words as they are); else the page data moves by offset,
+        in the kernel."""
         sink = self._pages_sink()
-        fd = self.src.fd
-        for data_offset, entries in run.batches:
-            count = len(entries)
-            sink.write(_PAGE_DATA_HEAD.pack(libxc.REC_TYPE_PAGE_DATA, 8 + 8 * count + PAGE * count,
-                                            count, 0) + _pfn_struct(count).pack(*entries))
-            sink.copy_at(fd, data_offset, PAGE * count)
+        win = run.window
+        if win is not None:
+            ws = run.window_start
+            head = _PAGE_DATA_HEAD.pack
+            parts: List[Any] = []
+            add = parts.append
+            if run.width == 8:
+                for data_offset, entries in run.batches:
+                    count = len(entries)
+                    add(head(libxc.REC_TYPE_PAGE_DATA, 8 + 8 * count + PAGE * count, count, 0))
+                    a = data_offset - ws
+                    add(win[a - 8 * count : a + PAGE * count])
+            else:
+                for data_offset, entries in run.batches:
+                    count = len(entries)
+                    add(head(libxc.REC_TYPE_PAGE_DATA, 8 + 8 * count + PAGE * count, count, 0)
+                        + _pfn_struct(count).pack(*entries))
+                    a = data_offset - ws
+                    add(win[a : a + PAGE * count])
+            sink.writev(parts)
+        else:
+            fd = self.src.fd
+            for data_offset, entries in run.batches:
+                count = len(entries)
+                sink.write(_PAGE_DATA_HEAD.pack(libxc.REC_TYPE_PAGE_DATA,
+                                                8 + 8 * count + PAGE * count, count, 0)
+                           + _pfn_struct(count).pack(*entries))
+                sink.copy_at(fd, data_offset, PAGE * count)
         n = len(run.batches)
         self.res.pages += run.pages
         self.res.records += n

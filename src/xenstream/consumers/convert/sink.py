@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 from xenstream.errors import TruncatedError
 from xenstream.io import Source
@@ -18,6 +18,16 @@ from xenstream.io import Source
 COPY_CHUNK = 1 << 20
 OUT_BUFFER = 256 << 10  # gathered output written in chunks of this size
 SMALL_COPY = 64 << 10  # payloads up to this size go through the output buffer
+
+
+def _iov_max() -> int:
+    try:
+        return max(16, min(1024, os.sysconf("SC_IOV_MAX")))
+    except (AttributeError, ValueError, OSError):
+        return 16
+
+
+IOV_MAX = _iov_max()  # buffers per writev
 
 
 class Sink:
@@ -69,6 +79,26 @@ class Sink:
         while view:
             w = os.write(self.fd, view)
             view = view[w:]
+
+    def writev(self, parts: List[Any]) -> None:
+        """Write ``parts`` (bytes-like, in order) with as few ``writev`` calls
+        as the system's IOV_MAX allows; what :meth:`write` gathered goes first.
+        The parts are not kept: the caller may reuse their memory afterwards."""
+        n = sum(len(x) for x in parts)
+        if self.fd is not None and n:
+            if self._n and self._n + n <= len(self._out) and n < SMALL_COPY:
+                for x in parts:
+                    self.write(x)
+                return
+            self.flush()
+            fd = self.fd
+            for i in range(0, len(parts), IOV_MAX):
+                chunk = parts[i : i + IOV_MAX]
+                want = sum(len(x) for x in chunk)
+                done = os.writev(fd, chunk)
+                if done != want:  # a short write (a signal, a full pipe): finish it
+                    self._write_all(b"".join(bytes(x) for x in chunk)[done:])
+        self.pos += n
 
     def flush(self) -> None:
         """Write out what :meth:`write` gathered."""
