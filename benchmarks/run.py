@@ -142,8 +142,11 @@ class Runner:
         with stdout ``>out_path``.  The time is wall-clock
         from the first spawn to the last exit."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        if out_path is not None and out_path.exists():
-            out_path.unlink()
+        if out_path is not None:
+            if out_path.exists():
+                out_path.unlink()
+            # untimed: the previous run's writeback is done before this one starts
+            os.sync()
         producer = [cat, pipe_from] if pipe_from is not None else None
         req = {"argv": list(argv), "env": env, "producer": producer,
                "stdin_file": stdin_file, "consumer": [cat] if consumer else None,
@@ -702,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME",
                    help="run only these cases (shell-style patterns allowed)")
     p.add_argument("--pairs", type=int, default=5, metavar="N",
-                   help="timed (tool, reference) pairs per case, >= 3 (default 5)")
+                   help="timed rounds per case (tool, reference, vs commands), >= 3 (default 5)")
     p.add_argument("--tmpdir", metavar="DIR", default=None,
                    help="where the temporary image directory is made (default: system temp)")
     p.add_argument("--json", metavar="OUT", help="also write all figures to this JSON file")

@@ -255,3 +255,28 @@ def test_truncated_pipe_inside_a_small_batch(tmp_path, strategy: str) -> None:
 
     assert isinstance(ei.value, FormatError), ei.value
     assert 0 < ei.value.offset <= cut
+
+
+def test_pipes_read_or_written_are_grown() -> None:
+    """A pipe the converter reads or writes holds PIPE_SIZE bytes (fewer,
+    larger transfers), where the system allows that much."""
+    import fcntl
+
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        limit = int(f.read())
+    want = min(xio.PIPE_SIZE, limit)
+    r, w = os.pipe()
+    try:
+        assert fcntl.fcntl(r, 1032) < want  # F_GETPIPE_SZ: 64 KiB by default
+        Source(r)
+        assert fcntl.fcntl(r, 1032) == want
+        r2, w2 = os.pipe()
+        try:
+            Sink(w2)
+            assert fcntl.fcntl(w2, 1032) == want
+        finally:
+            os.close(r2)
+            os.close(w2)
+    finally:
+        os.close(r)
+        os.close(w)

@@ -13,7 +13,7 @@ import tempfile
 from typing import Any, Callable, List, Optional, Union
 
 from xenstream.errors import TruncatedError
-from xenstream.io import Source
+from xenstream.io import Source, grow_pipe
 
 COPY_CHUNK = 1 << 20
 OUT_BUFFER = 256 << 10  # gathered output written in chunks of this size
@@ -51,6 +51,8 @@ class Sink:
             self.pipe = stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)
             if self.regular:
                 self.pos = os.lseek(fd, 0, os.SEEK_CUR)
+            elif self.pipe:
+                grow_pipe(fd)
         self.kernel_copies = 0
         self._cfr_ok = True
         self._sendfile_ok = True
