@@ -22,7 +22,7 @@ from xenstream.formats.legacy import LBatch, LBatchRun, LHeader, LHvmTail, LPvTa
 from xenstream.formats.libxc import PAGE_SIZE as PAGE
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
-from xenstream.rules import ANY_RELEASE, last_restoring, refused, rule
+from xenstream.rules import ANY_RELEASE, HEAD, refusal_note, refused, rule
 from xenstream.writers.v2 import LibxcWriter, LibxlWriter
 
 _PAGE_DATA_HEAD = struct.Struct("<IIII")
@@ -68,11 +68,12 @@ class V2Emitter:
         r = rule(rule_id)
         if r.severity != ERROR:
             return  # what the verifier reports as a warning is written as it is
-        last = last_restoring(r)
-        since = (f"; Xen {r.since} and later refuse it, {last} is the last release that "
-                 "restores it" if last else "")
-        if self.opts.target == ANY_RELEASE and not refused(r, ANY_RELEASE):
-            self.warn(f"the converted stream breaks rule {rule_id}: {message}{since}")
+        since = refusal_note(r)
+        target = self.opts.target
+        if target != HEAD and not refused(r, target):
+            # ANY_RELEASE: some release restores it; a release: that one does
+            where = "" if target in (ANY_RELEASE, HEAD) else f"; Xen {target} restores it"
+            self.warn(f"the converted stream breaks rule {rule_id}: {message}{where}{since}")
             self.res.release_dependent.append(rule_id)
         elif self.opts.force:
             self.warn(f"the converted stream breaks rule {rule_id}: {message}{since}; written "
