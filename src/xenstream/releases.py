@@ -280,9 +280,10 @@ CHANGES: Dict[str, Change] = _table([
     Change("cr3-maxphysaddr", "4.14.0", "80872597e6",
            "hvm_load_cpu_ctxt() refuses CR3 bits at or above the guest's maxphysaddr",
            "-S 'restore: bad CR3' on the stable tags: 4.14.0 first"),
-    Change("pv-vcpu-msrs-size", "4.14.0", "2a62c22715",
-           "handle_x86_pv_vcpu_blob() refuses an X86_PV_VCPU_MSRS body that is not a "
-           "multiple of 16 (before, the modulo check was misapplied to XSAVE)",
+    Change("pv-vcpu-blob-audit", "4.14.0", "2a62c22715",
+           "handle_x86_pv_vcpu_blob()'s multiple-of-16 check moves from X86_PV_VCPU_XSAVE, "
+           "where it was misapplied (an XSAVE area of 2696 bytes, PKRU, was refused), to "
+           "X86_PV_VCPU_MSRS; XSAVE needs >= 16 bytes (0729830cc4, same releases)",
            "tag; trailer: stable-4.12 288872ad3b, 4.13 0e2bbcf8b4 (first in RELEASE-4.12.3, "
            "4.13.1); the stable-4.10/4.11 cherry-picks (b413732087, a58bba28da) are in no tag",
            backports=(("4.12.3", "288872ad3b"), ("4.13.1", "0e2bbcf8b4"))),
@@ -397,6 +398,15 @@ UNCHANGED = (
     "HVM_MAX_VCPUS is 128 at every release",
     "794347f5e3 (4.7): a live Remus failover before the first CHECKPOINT_END is refused; a "
     "saved image is judged the same at every release",
+    "969a57f73f (4.17.0; 4.14.5, 4.15.3, 4.16.1) clamps MSR_SPEC_CTRL on the saving side: "
+    "what a restore accepts is unchanged",
+    "9d8c1d1814 (4.12.0; 4.9.4, 4.10.3, 4.11.2) and 345fd6d01e (4.15) audit CR4/EFER against "
+    "the guest's CPUID policy instead of the host's: host-dependent before and after",
+    "eb48045d74 (4.20) moves the LAPIC checks (x2APIC without enable refused since 4.6) into "
+    "check hooks; c95cd5f9c5 (4.20.0; 4.18.4, 4.19.1) lowers XEN_DOMCTL_set_vcpu_msrs' "
+    "maximum by 4, above what any saver sends",
+    "aafae0e800 (4.14.0; 4.12.3, 4.13.1) rewrites the X86_PV_INFO audit: the combinations "
+    "refused are the same",
 )
 
 

@@ -344,7 +344,7 @@ RULES: Dict[str, Rule] = _table([
     Rule("vcpu-msrs-size", ERROR, RESTORE,
          "tools/libs/guest/xg_sr_restore_x86_pv.c: handle_x86_pv_vcpu_blob()",
          False, "X86_PV_VCPU_MSRS context is a multiple of 16 bytes",
-         **refused_from("pv-vcpu-msrs-size")),
+         **refused_from("pv-vcpu-blob-audit")),
     Rule("vcpu-msrs-reserved", ERROR, RESTORE,
          "xen/arch/x86/domctl.c: arch_do_domctl() XEN_DOMCTL_set_vcpu_msrs",
          False, "X86_PV_VCPU_MSRS entries have their reserved field zero"),
@@ -921,6 +921,11 @@ RULES: Dict[str, Rule] = _table([
          True, "restores from 4.11 (4.6-4.10 fail on an X86_PV_VCPU_* record with no content, "
          "the errata's)",
          uses=(("pv-vcpu-empty", None),), **restored_from("empty-pv-vcpu")),
+    Rule("release-pv-xsave-size16", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_restore_x86_pv.c: handle_x86_pv_vcpu_blob()",
+         True, "restores where the release has 2a62c22715 (before, an X86_PV_VCPU_XSAVE "
+         "payload had to be a multiple of 16 bytes)",
+         uses=(("pv-xsave-odd", None),), **restored_from("pv-vcpu-blob-audit")),
     Rule("release-hvm-cpu-1032", ERROR, RESTORE,
          "xen/arch/x86/hvm/save.c: _hvm_check_entry()",
          True, "restores from 4.7 (4.6 loads a CPU record of at most 1024 bytes)",

@@ -70,6 +70,10 @@ class ReleaseFacts:
                      value=rec.length)
         if rtype in _PV_VCPU_RECORDS and rec.length == libxc.X86_PV_VCPU_HDR.size:
             self._at("pv-vcpu-empty", None, f"an empty {rec.name} record", rec)
+        elif (rtype == libxc.REC_TYPE_X86_PV_VCPU_XSAVE
+              and (rec.length - libxc.X86_PV_VCPU_HDR.size) % 16):
+            self._at("pv-xsave-odd", None, f"an X86_PV_VCPU_XSAVE payload of "
+                     f"{rec.length - libxc.X86_PV_VCPU_HDR.size} bytes", rec)
         if body is None:
             return
         if rtype == libxc.REC_TYPE_HVM_CONTEXT:
