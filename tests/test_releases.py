@@ -691,3 +691,20 @@ def test_module_runs(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "xenstream.releases"], capture_output=True,
                           text=True, check=True)
     assert proc.stdout == DOCS.read_text()
+
+
+def test_convert_target_judges_hvm_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The legacy writer's HVM context has HEAD's record sizes (CPU 1032):
+    xen/arch/x86/hvm/hvm.c@RELEASE-4.6.0 hvm_load_cpu_ctxt() loads at most
+    1024 bytes, so a conversion for 4.6 is refused (--force writes it), and
+    one for 4.21 (every size known there) is not."""
+    inp = tmp_path / "in.xl"
+    inp.write_bytes(legacy_image(guest="hvm", pages=32, envelope="xl"))
+    out = tmp_path / "46.xl"
+    rc, _, err = cli(capsys, "convert", "--target-xen", "4.6", str(inp), str(out))
+    assert rc == 1 and "release-hvm-cpu-1032" in err and not out.exists(), err
+    rc, _, err = cli(capsys, "convert", "--target-xen", "4.6", "--force", str(inp), str(out))
+    assert rc == 0 and "release-hvm-cpu-1032" in err and "forced" in err, err
+    assert _libxc_version(out)[0] == 2
+    rc, _, err = cli(capsys, "convert", "--target-xen", "4.21", str(inp), str(tmp_path / "421.xl"))
+    assert rc == 0 and "release-" not in err, err

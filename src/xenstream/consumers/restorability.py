@@ -23,12 +23,11 @@ from xenstream.consumers.verify import Result
 from xenstream.consumers.verify_releases import ReleaseFacts
 from xenstream.findings import ERROR, INFO, WARNING, Finding
 from xenstream.releases import HOST, REFUSED, RESTORES
-from xenstream.rules import RULES, Rule, rule, verdict
+from xenstream.rules import Rule, rule, verdict
 
 #: the toolstack that restores an image, by its outermost layer
 TOOLSTACKS = {"xl": "xl/libxl", "libvirt": "libvirt/libxl", "xenopsd": "xenopsd",
               "xend": "xl/libxl", "libxl": "libxl", "libxc": "libxc", "legacy": "libxc"}
-_RULES_WITH_USES = tuple(r for r in RULES.values() if r.uses)
 
 
 class Verdict(NamedTuple):
@@ -67,17 +66,12 @@ def all_findings(res: Result) -> List[Tuple[Finding, Rule]]:
     facts.guest(s.get("guest_type"), s.get("guest_width"), 0, res.layers[0] if res.layers else "",
                 "image")
     out = [(f, rule(f.rule)) for f in res.findings]
-    for r in _RULES_WITH_USES:
-        for use in r.uses:
-            fact = facts.match(use)
-            if fact is None:
-                continue
-            out.append((Finding(
-                severity=r.severity, offset=fact.offset, layer=fact.layer, what=fact.what,
-                rule=r.id, authority=r.authority, restore_tolerates=r.tolerated,
-                message=f"found {fact.message}: {r.description}", record_index=fact.record_index,
-                record_type=fact.rtype, source=r.source), r))
-            break
+    for r, fact in facts.matches():
+        out.append((Finding(
+            severity=r.severity, offset=fact.offset, layer=fact.layer, what=fact.what,
+            rule=r.id, authority=r.authority, restore_tolerates=r.tolerated,
+            message=f"found {fact.message}: {r.description}", record_index=fact.record_index,
+            record_type=fact.rtype, source=r.source), r))
     facts.judged = out
     return list(out)
 
@@ -106,8 +100,15 @@ def findings_at(res: Result, release: str) -> List[Finding]:
     return sorted(out, key=lambda f: f.offset)
 
 
+def _outcome(res: Result, release: str) -> str:
+    cache = _facts(res).outcomes
+    if release not in cache:
+        cache[release] = judge(res, release, advise=False).outcome
+    return cache[release]
+
+
 def _restoring(res: Result) -> List[str]:
-    return [rel for rel in releases.RELEASES if judge(res, rel, advise=False).outcome != REFUSED]
+    return [rel for rel in releases.RELEASES if _outcome(res, rel) != REFUSED]
 
 
 def restoring_ranges(res: Result) -> List[Tuple[str, str]]:

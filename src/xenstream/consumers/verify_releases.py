@@ -16,8 +16,13 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from xenstream.formats import hvm, libxc
 from xenstream.reading.parser import Record
+from xenstream.releases import REFUSED
+from xenstream.rules import RULES, Rule, verdict
 
 FactKey = Tuple[str, Any]
+#: the facts some rule uses: nothing else is kept, so a hostile stream (millions of
+#: HVM_PARAMS indices or record types) cannot grow the table
+WANTED = frozenset((u[0], u[1]) for r in RULES.values() for u in r.uses)
 #: record bodies at least this long are noted (the smallest limit a release has is 8 MiB)
 _LONG_RECORD = 1 << 20
 _PV_VCPU_RECORDS = frozenset({libxc.REC_TYPE_X86_PV_VCPU_BASIC, libxc.REC_TYPE_X86_PV_VCPU_EXTENDED,
@@ -40,20 +45,24 @@ class ReleaseFacts:
 
     def __init__(self) -> None:
         self.found: Dict[FactKey, List[Fact]] = {}
-        #: the judging consumer's findings, once computed (its cache)
+        #: the judging consumer's findings and verdicts, once computed (its cache)
         self.judged: Optional[List[Any]] = None
+        self.outcomes: Dict[str, str] = {}
 
     def note(self, kind: str, k: Any, message: str, *, offset: int, layer: str, what: str,
              value: Optional[int] = None, index: Optional[int] = None,
              rtype: Optional[str] = None) -> None:
+        if (kind, k) not in WANTED:
+            return
         seen = self.found.setdefault((kind, k), [])
         if len(seen) < 8 and all(f.size != value for f in seen):
             seen.append(Fact(value, offset, layer, what, index, rtype, message))
 
-    def _at(self, kind: str, k: Any, message: str, rec: Record, *, offset: Optional[int] = None,
-            value: Optional[int] = None) -> None:
+    def _at(self, kind: str, k: Any, message: str, rec: Where, *,
+            offset: Optional[int] = None, value: Optional[int] = None) -> None:
         self.note(kind, k, message, offset=rec.offset if offset is None else offset,
-                  layer=rec.layer, what=rec.what, value=value, index=rec.index, rtype=rec.name)
+                  layer=rec.layer, what=rec.what, value=value, index=rec.record_index,
+                  rtype=rec.name)
 
     # -- what the verifier hands over -----------------------------------------------------
 
@@ -63,8 +72,19 @@ class ReleaseFacts:
                   layer="libxc", what="header (libxc image header)")
 
     def libxc_record(self, rec: Record, body: Optional[bytes]) -> None:
+        """A libxc record the parser yielded (``body``: its bytes, if read)."""
+        self._libxc(Where(rec.offset, rec.body_offset, rec.layer, rec.what, rec.index, rec.name,
+                          rec.rtype, rec.length), body)
+
+    def libxc_written(self, rtype: int, body: bytes, offset: int, index: int) -> None:
+        """A libxc record a converter writes (``offset``: where in its input)."""
+        name = libxc.record_name(rtype)
+        self._libxc(Where(offset, offset, "libxc", f"output record #{index} ({name})", index,
+                          name, rtype, len(body)), body)
+
+    def _libxc(self, rec: Where, body: Optional[bytes]) -> None:
         rtype = rec.rtype
-        self._at("record-type", rtype, f"a {rec.name} record", rec)
+        self._at("record-type", rtype, f"{rec.name} (record {rtype:#x})", rec)
         if rec.length >= _LONG_RECORD:
             self._at("record-length", None, f"a {rec.name} record of {rec.length} bytes", rec,
                      value=rec.length)
@@ -88,7 +108,7 @@ class ReleaseFacts:
                 self._at("hvm-param", idx, f"HVM_PARAMS entry {i} sets index {idx}", rec,
                          offset=rec.body_offset + at)
 
-    def _hvm_context(self, rec: Record, blob: bytes) -> None:
+    def _hvm_context(self, rec: Where, blob: bytes) -> None:
         for e in hvm.iter_entries(blob):
             where = rec.body_offset + e.offset
             name = hvm.type_name(e.typecode)
@@ -105,7 +125,9 @@ class ReleaseFacts:
                              f"{idx:#x}", rec, offset=where + hvm.DESCRIPTOR.size + at)
 
     def libxl_record(self, rec: Record) -> None:
-        self._at("libxl-record", rec.rtype, f"a libxl {rec.name} record", rec)
+        w = Where(rec.offset, rec.body_offset, rec.layer, rec.what, rec.index, rec.name,
+                  rec.rtype, rec.length)
+        self._at("libxl-record", rec.rtype, f"a libxl {rec.name} record", w)
 
     def guest(self, guest: Optional[str], width: Optional[int], offset: int, layer: str,
               what: str) -> None:
@@ -118,6 +140,22 @@ class ReleaseFacts:
 
     # -- what the judge asks ------------------------------------------------------------------
 
+    def matches(self) -> List[Tuple[Rule, Fact]]:
+        """Each rule with ``uses`` whose facts the image has, with the first
+        such fact."""
+        out = []
+        for r in _USES_RULES:
+            for use in r.uses:
+                fact = self.match(use)
+                if fact is not None:
+                    out.append((r, fact))
+                    break
+        return out
+
+    def refused_at(self, release: str) -> List[Tuple[Rule, Fact]]:
+        """:meth:`matches` that ``release`` refuses."""
+        return [(r, f) for r, f in self.matches() if verdict(r, release) == REFUSED]
+
     def match(self, use: Tuple[Any, ...]) -> Optional[Fact]:
         """The first fact ``use`` (``(kind, key)`` or ``(kind, key, limit)``:
         a value above ``limit``) names, if the image has one."""
@@ -128,4 +166,19 @@ class ReleaseFacts:
         return None
 
 
-__all__ = ["Fact", "ReleaseFacts"]
+class Where(NamedTuple):
+    """Where a record is, for the facts about it."""
+
+    offset: int
+    body_offset: int
+    layer: str
+    what: str
+    record_index: Optional[int]
+    name: str
+    rtype: int
+    length: int
+
+
+_USES_RULES = tuple(r for r in RULES.values() if r.uses)
+
+__all__ = ["Fact", "ReleaseFacts", "WANTED", "Where"]
