@@ -4,24 +4,36 @@ Each :class:`Rule` names its severity in the strict verifier, its authority
 and the source it comes from (``spec``: a section of a specification;
 ``restore``: the Xen function that refuses it; ``toolstack``: the libxl, xl,
 xenopsd or libvirt code that does; ``convention``: nothing enforces it, so it
-is never an error), whether Xen HEAD's restore tolerates it anyway, the first
-release that refuses it where that is later than 4.6 (``since``), and a
+is never an error), whether Xen HEAD's restore tolerates it anyway, and a
 one-line description.  Checkers name rules by id only; the consumers look the
 rest up here.  ``docs/rules.md`` is generated from this table
 (``python -m xenstream.rules > docs/rules.md``).
 
+Per release: a rule whose verdict is not the same at every release from 4.6
+names the rows of the release table (:mod:`xenstream.releases`) it depends
+on: ``before`` is its verdict at 4.6.0 (``restores``, ``refused`` or
+``host``: it depends on the restoring host, ``condition`` says on what) and
+``changes`` the verdict from each row on.  A rule with no rows is judged the
+same by every release: refused where it is an error HEAD does not tolerate.
+Rules with ``uses`` are raised only when a release is judged: they say what
+an image carries that only some releases restore (a v3 stream, a 32-byte
+LAPIC record, ...); the judging consumer matches ``uses`` against what the
+verifier saw.
+
 The judging targets: ``HEAD`` (what ``xenstream convert`` and ``verify``
-judge against: the newest Xen) and ``ANY_RELEASE`` (the drop-in converter
-runs on the restoring host, whose release it cannot know: it refuses only
-what no release from 4.6 on restores).
+judge against: the newest Xen), ``ANY_RELEASE`` (the drop-in converter runs
+on the restoring host, whose release it cannot know: it refuses only what no
+release from 4.6 on restores), or any release ``X.Y.Z``.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Dict, Iterable, NamedTuple, Optional, TextIO, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, TextIO, Tuple
 
+from xenstream import releases
 from xenstream.findings import CONVENTION, ERROR, INFO, RESTORE, SPEC, TOOLSTACK, WARNING
+from xenstream.releases import HOST, REFUSED, RESTORES
 
 AUTHORITIES = (SPEC, RESTORE, TOOLSTACK, CONVENTION)
 
@@ -29,6 +41,9 @@ AUTHORITIES = (SPEC, RESTORE, TOOLSTACK, CONVENTION)
 FIRST_V2_RELEASE = "4.6"
 HEAD = "head"
 ANY_RELEASE = "any"
+
+#: what an image carries, matched by the judging consumer: (kind, key) or (kind, key, limit)
+Use = Tuple[Any, ...]
 
 
 class Rule(NamedTuple):
@@ -38,11 +53,38 @@ class Rule(NamedTuple):
     source: str
     tolerated: bool
     description: str
-    since: Optional[str] = None
+    #: the verdict at 4.6.0 (None: the same at every release, from severity and tolerated)
+    before: Optional[str] = None
+    #: (release-table row, verdict from that row on), in order
+    changes: Tuple[Tuple[str, str], ...] = ()
+    #: for a ``host`` verdict: what the restoring host must have
+    condition: str = ""
+    #: what to do where it is refused
+    advice: str = ""
+    #: raised only when a release is judged: what the image carries (any of these)
+    uses: Tuple[Use, ...] = ()
+
+    @property
+    def since(self) -> Optional[str]:
+        """X.Y of the first master release that refuses it, where later than
+        4.6 (None: refused by every release, or by none)."""
+        if self.before != RESTORES:
+            return None
+        for cid, verdict in self.changes:
+            if verdict == REFUSED:
+                return releases.series(releases.CHANGES[cid].release)
+        return None
 
 
-def _release(v: str) -> Tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
+def refused_from(change: str) -> Dict[str, Any]:
+    """The fields of a rule that every release restores until ``change``
+    and refuses from it on."""
+    return {"before": RESTORES, "changes": ((change, REFUSED),)}
+
+
+def restored_from(change: str, verdict: str = RESTORES) -> Dict[str, Any]:
+    """The fields of a rule refused until ``change``, ``verdict`` from it on."""
+    return {"before": REFUSED, "changes": ((change, verdict),)}
 
 
 def _table(rows: Iterable[Rule]) -> Dict[str, Rule]:
@@ -50,6 +92,9 @@ def _table(rows: Iterable[Rule]) -> Dict[str, Rule]:
     for r in rows:
         if r.id in table:
             raise ValueError(f"rule {r.id} is in the table twice")
+        for cid, verdict in r.changes:
+            if cid not in releases.CHANGES or verdict not in releases.OUTCOMES:
+                raise ValueError(f"rule {r.id}: bad release row {cid!r} / {verdict!r}")
         table[r.id] = r
     return table
 
@@ -60,25 +105,67 @@ def rule(rule_id: str) -> Rule:
     return RULES[rule_id]
 
 
+def _release_name(target: str) -> str:
+    return releases.HEAD if target in (HEAD, releases.HEAD) else target
+
+
+def verdict(r: Rule, target: str = HEAD) -> str:
+    """``restores``, ``refused`` or ``host``: what a restore on ``target``
+    (a release ``X.Y.Z`` or HEAD) does with an image that breaks ``r``."""
+    if r.before is None:
+        return REFUSED if r.severity == ERROR and not r.tolerated else RESTORES
+    return releases.outcome(r.before, r.changes, _release_name(target))
+
+
 def refused(r: Rule, target: str = HEAD) -> bool:
     """Whether a restore on ``target`` fails on an image that breaks ``r``:
-    HEAD refuses what it does not tolerate; for ANY_RELEASE it must be
-    refused by every release from 4.6 on (a rule enforced only since a later
-    release is something an older host still restores)."""
-    if r.severity != ERROR or r.tolerated:
-        return False
+    HEAD (or a release ``X.Y.Z``) refuses what its verdict says; for
+    ANY_RELEASE it must be refused by every release from 4.6 on (a rule
+    enforced only since a later release is something an older host still
+    restores)."""
     if target == ANY_RELEASE:
-        return r.since is None or _release(r.since) <= _release(FIRST_V2_RELEASE)
-    return True
+        return all(verdict(r, rel) == REFUSED for rel in releases.RELEASES)
+    return verdict(r, target) == REFUSED
+
+
+def affected(r: Rule) -> List[str]:
+    """The releases of :data:`xenstream.releases.RELEASES` that do not simply
+    restore an image breaking ``r`` (refused, or only on some hosts)."""
+    return [rel for rel in releases.RELEASES if verdict(r, rel) != RESTORES]
 
 
 def last_restoring(r: Rule) -> Optional[str]:
     """The newest release that still restores an image breaking ``r`` (None:
-    no v2 release does)."""
-    if r.since is None or _release(r.since) <= _release(FIRST_V2_RELEASE):
+    no v2 release does, or every release does)."""
+    if r.since is None:
         return None
-    major, minor = _release(r.since)[:2]
+    major, minor = releases.key(r.since)[:2]
     return f"{major}.{minor - 1}"
+
+
+def refusal_note(r: Rule) -> str:
+    """``; Xen 4.12 and later refuse it, 4.11 is the last release that
+    restores it`` (with the stable releases a backport reached), or ``""``."""
+    last = last_restoring(r)
+    if last is None:
+        return ""
+    bps = [p for cid, v in r.changes if v == REFUSED
+           for p, _ in releases.CHANGES[cid].backports]
+    extra = f" (by backport also {', '.join(bps)} and later)" if bps else ""
+    last_txt = f"{last}.0" if bps else last
+    return f"; Xen {r.since} and later refuse it{extra}, {last_txt} is the last release that restores it"
+
+
+def releases_text(r: Rule) -> str:
+    """The rule's verdicts by release, for docs/rules.md."""
+    if r.before is None:
+        return ""
+    parts = [f"{r.before} at 4.6"]
+    for cid, v in r.changes:
+        c = releases.CHANGES[cid]
+        bps = "".join(f", {p}" for p, _ in c.backports)
+        parts.append(f"{v} from {releases.series(c.release)}{bps} (`{cid}`)")
+    return "; ".join(parts)
 
 
 def markdown(out: TextIO) -> None:
@@ -88,14 +175,19 @@ def markdown(out: TextIO) -> None:
     counts = ", ".join(f"{sum(1 for r in RULES.values() if r.authority == a)} {a}"
                        for a in AUTHORITIES)
     out.write(f"{len(RULES)} rules: {counts}. *Tolerated*: Xen HEAD's restore accepts the "
-              "image anyway. *Since*: the first release that refuses it, where later than "
-              f"{FIRST_V2_RELEASE}.\n\n")
-    out.write("| rule | severity | authority | source | tolerated | since | what it requires |\n")
+              "image anyway. *Releases*: the verdict by release where it is not the same at "
+              "every release from 4.6, with the rows of [restorability.md](restorability.md) "
+              "it depends on (`host`: it depends on the restoring host). Rules marked *judged "
+              "per release* are raised only by `verify --target-xen`.\n\n")
+    out.write("| rule | severity | authority | source | tolerated | releases | what it requires |\n")
     out.write("| --- | --- | --- | --- | --- | --- | --- |\n")
     for r in sorted(RULES.values(), key=lambda r: (AUTHORITIES.index(r.authority), r.id)):
-        source, desc = (s.replace("|", "\\|") for s in (r.source, r.description))
+        desc = r.description + (" (judged per release)" if r.uses else "")
+        if r.condition:
+            desc += f"; host: {r.condition}"
+        source, desc, rel = (s.replace("|", "\\|") for s in (r.source, desc, releases_text(r)))
         out.write(f"| `{r.id}` | {r.severity} | {r.authority} | {source} | "
-                  f"{'yes' if r.tolerated else 'no'} | {r.since or ''} | {desc} |\n")
+                  f"{'yes' if r.tolerated else 'no'} | {rel} | {desc} |\n")
 
 
 # -- the table -------------------------------------------------------------------------
@@ -128,7 +220,8 @@ RULES: Dict[str, Rule] = _table([
          True, "a known record type is not sent with the optional bit set (the restorer would drop its content)"),
     Rule("optional-record", INFO, SPEC,
          "docs/specs/libxc-migration-stream.pandoc §Records",
-         True, "an optional record of unknown type is skipped, as the specification allows"),
+         True, "an optional record of unknown type is skipped, as the specification allows",
+         before=RESTORES, changes=(("stream-v2", RESTORES),)),
     Rule("unknown-mandatory", ERROR, RESTORE,
          "tools/libs/guest/xg_sr_restore.c: restore()",
          False, "every mandatory record type is known (0x00-0x12)"),
@@ -239,16 +332,19 @@ RULES: Dict[str, Rule] = _table([
          False, "X86_PV_VCPU_XSAVE is >= 16 bytes; 16 when xcr0_accum is 0; else >= 16+576 and not above 16 + uncompressed size(xcr0_accum)"),
     Rule("vcpu-xsave-size-short", ERROR, RESTORE,
          "xen/arch/x86/domctl.c: arch_do_domctl() XEN_DOMCTL_setvcpuextstate",
-         False, "X86_PV_VCPU_XSAVE with xcr0_accum set is not shorter than 16 + uncompressed XSAVE size of xcr0_accum", since="4.8"),
+         False, "X86_PV_VCPU_XSAVE with xcr0_accum set is not shorter than 16 + uncompressed XSAVE size of xcr0_accum",
+         **refused_from("xsave-size-exact")),
     Rule("vcpu-xsave-state", ERROR, RESTORE,
          "xen/arch/x86/domctl.c: arch_do_domctl() XEN_DOMCTL_setvcpuextstate; xen/arch/x86/xstate.c: validate_xstate()",
          False, "X86_PV_VCPU_XSAVE xcr0/xcr0_accum are valid, xcr0 within xcr0_accum (0 if accum 0), xstate_bv within xcr0_accum"),
     Rule("vcpu-xsave-compacted", ERROR, RESTORE,
          "xen/arch/x86/xstate.c: validate_xstate()",
-         False, "X86_PV_VCPU_XSAVE area is uncompacted (xcomp_bv 0)", since="4.7"),
+         False, "X86_PV_VCPU_XSAVE area is uncompacted (xcomp_bv 0)",
+         **refused_from("xsave-header")),
     Rule("vcpu-msrs-size", ERROR, RESTORE,
          "tools/libs/guest/xg_sr_restore_x86_pv.c: handle_x86_pv_vcpu_blob()",
-         False, "X86_PV_VCPU_MSRS context is a multiple of 16 bytes", since="4.14"),
+         False, "X86_PV_VCPU_MSRS context is a multiple of 16 bytes",
+         **refused_from("pv-vcpu-blob-audit")),
     Rule("vcpu-msrs-reserved", ERROR, RESTORE,
          "xen/arch/x86/domctl.c: arch_do_domctl() XEN_DOMCTL_set_vcpu_msrs",
          False, "X86_PV_VCPU_MSRS entries have their reserved field zero"),
@@ -260,16 +356,19 @@ RULES: Dict[str, Rule] = _table([
          False, "X86_TSC_INFO body is exactly 24 bytes"),
     Rule("tsc-mode-pvrdtscp", ERROR, RESTORE,
          "xen/arch/x86/time.c: tsc_set_info()",
-         False, "X86_TSC_INFO mode is not 3 (PVRDTSCP, removed from Xen)", since="4.12"),
+         False, "X86_TSC_INFO mode is not 3 (PVRDTSCP, removed from Xen)",
+         **refused_from("tsc-pvrdtscp-removed")),
     Rule("tsc-mode", ERROR, RESTORE,
          "xen/arch/x86/time.c: tsc_set_info()",
-         False, "X86_TSC_INFO mode is 0-2 (values above 3 are rejected)", since="4.12"),
+         False, "X86_TSC_INFO mode is 0-2 (values above 3 are rejected)",
+         **refused_from("tsc-pvrdtscp-removed")),
     Rule("tsc-info-reserved", ERROR, SPEC,
          "docs/specs/libxc-migration-stream.pandoc §X86_TSC_INFO",
          True, "X86_TSC_INFO reserved field is zero"),
     Rule("hvm-context-empty", ERROR, RESTORE,
          "tools/libs/guest/xg_sr_restore_x86_hvm.c: handle_hvm_context() (update_blob())",
-         False, "HVM_CONTEXT body is not empty", since="4.14"),
+         False, "HVM_CONTEXT body is not empty",
+         **refused_from("hvm-context-blob")),
     Rule("hvm-context-missing", ERROR, RESTORE,
          "xen/arch/x86/hvm/save.c: hvm_load() (via xg_sr_restore_x86_hvm.c: x86_hvm_stream_complete())",
          False, "an HVM stream contains an HVM_CONTEXT record"),
@@ -278,7 +377,8 @@ RULES: Dict[str, Rule] = _table([
          False, "HVM_PARAMS body holds its 8-byte header and count 16-byte entries"),
     Rule("hvm-params-length-extra", ERROR, RESTORE,
          "tools/libs/guest/xg_sr_restore_x86_hvm.c: handle_hvm_params()",
-         False, "HVM_PARAMS body is no longer than 8 + 16*count", since="4.9"),
+         False, "HVM_PARAMS body is no longer than 8 + 16*count",
+         **refused_from("hvm-params-exact")),
     Rule("hvm-params-reserved", ERROR, SPEC,
          "docs/specs/libxc-migration-stream.pandoc §HVM_PARAMS",
          True, "HVM_PARAMS header reserved field is zero"),
@@ -338,7 +438,8 @@ RULES: Dict[str, Rule] = _table([
          True, "END inside a later checkpoint: the restore fails over to the last complete checkpoint"),
     Rule("libxl-emulator-not-hvm", ERROR, TOOLSTACK,
          "tools/libs/light/libxl_stream_read.c: process_record()",
-         False, "EMULATOR_XENSTORE_DATA / EMULATOR_CONTEXT appear only for an HVM domain (config type hvm)", since="4.10"),
+         False, "EMULATOR_XENSTORE_DATA / EMULATOR_CONTEXT appear only for an HVM domain (config type hvm)",
+         **refused_from("emulator-hvm-only")),
     Rule("libxl-emulator-order", WARNING, CONVENTION,
          "tools/libs/light/libxl_stream_write.c writes them after the libxc stream; libxl_stream_read.c: process_record() accepts any order",
          True, "emulator records follow the libxc stream"),
@@ -483,25 +584,31 @@ RULES: Dict[str, Rule] = _table([
          False, "CPU (1032-byte layout): pad0 is 0 and flags has no bit but XEN_X86_FPU_INITIALISED"),
     Rule("hvm-cpu-efer", ERROR, RESTORE,
          "xen/arch/x86/hvm/hvm.c: hvm_efer_valid()",
-         False, "CPU: msr_efer has no bit outside EFER_KNOWN_MASK (SCE LME LMA NXE SVME FFXSE AIBRSE)", since="4.12"),
+         False, "CPU: msr_efer has no bit outside EFER_KNOWN_MASK (SCE LME LMA NXE SVME FFXSE AIBRSE)",
+         **refused_from("efer-known-mask")),
     Rule("hvm-cpu-tsc-aux", ERROR, RESTORE,
          "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_ctxt()",
-         False, "CPU: msr_tsc_aux fits in 32 bits", since="4.12"),
+         False, "CPU: msr_tsc_aux fits in 32 bits",
+         **refused_from("tsc-aux-32")),
     Rule("hvm-cpu-cr3", ERROR, RESTORE,
          "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_ctxt()",
-         False, "CPU: cr3 has no bit at or above the guest's maxphysaddr (52 at most)", since="4.14"),
+         False, "CPU: cr3 has no bit at or above the guest's maxphysaddr (52 at most)",
+         **refused_from("cr3-maxphysaddr")),
     Rule("hvm-cpu-dr67", ERROR, RESTORE,
          "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_ctxt()",
-         False, "CPU: dr6 and dr7 fit in 32 bits", since="4.18"),
+         False, "CPU: dr6 and dr7 fit in 32 bits",
+         **refused_from("dr67-32")),
     Rule("hvm-cpu-xsave", ERROR, RESTORE,
          "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_xsave_states()",
          False, "CPU_XSAVE: length >= 600; xstate_bv and xcr0 within xcr0_accum, xcr0_accum within the XCR0 states Xen knows, xcr0 and xcr0_accum valid; any bytes beyond 24 + size(xcr0_accum) are zero"),
     Rule("hvm-cpu-xsave-header", ERROR, RESTORE,
          "xen/arch/x86/xstate.c: validate_xstate()",
-         False, "CPU_XSAVE: the XSAVE header has xcomp_bv 0 (standard format) and reserved[0..5] 0", since="4.7"),
+         False, "CPU_XSAVE: the XSAVE header has xcomp_bv 0 (standard format) and reserved[0..5] 0",
+         **refused_from("xsave-header")),
     Rule("hvm-cpu-xsave-short", ERROR, RESTORE,
          "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_xsave_states()",
-         False, "CPU_XSAVE: length is at least 24 + the standard XSAVE size of xcr0_accum", since="4.8"),
+         False, "CPU_XSAVE: length is at least 24 + the standard XSAVE size of xcr0_accum",
+         **refused_from("xsave-size-exact")),
     Rule("hvm-cpu-xsave-oversize", WARNING, CONVENTION,
          "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_xsave_states() (accepts a zero excess, logs a warning)",
          True, "CPU_XSAVE: length is exactly 24 + the standard XSAVE size of xcr0_accum (Xen <= 4.3 wrote longer, zero-padded records)"),
@@ -510,22 +617,26 @@ RULES: Dict[str, Rule] = _table([
          False, "CPU_MSR: length >= 24 and == 8 + 16 * count, every _rsvd 0, every index one HEAD loads"),
     Rule("hvm-pic-state", ERROR, RESTORE,
          "xen/arch/x86/hvm/vpic.c: vpic_check()",
-         False, "PIC: int_output 0/1, is_master == (instance == 0), no init in progress with int_output set, elcr within 0xfc (master) / 0xde (slave)", since="4.19"),
+         False, "PIC: int_output 0/1, is_master == (instance == 0), no init in progress with int_output set, elcr within 0xfc (master) / 0xde (slave)",
+         **refused_from("vpic-vpit-pci-link")),
     Rule("hvm-pci-link", ERROR, RESTORE,
          "xen/arch/x86/hvm/irq.c: irq_check_link()",
          False, "PCI_LINK: every route[] is an ISA IRQ < 16"),
     Rule("hvm-pci-link-pad", ERROR, RESTORE,
          "xen/arch/x86/hvm/irq.c: irq_check_link()",
-         False, "PCI_LINK: pad0[4] is zero", since="4.19"),
+         False, "PCI_LINK: pad0[4] is zero",
+         **refused_from("vpic-vpit-pci-link")),
     Rule("hvm-pit-state", ERROR, RESTORE,
          "xen/arch/x86/emul-i8254.c: pit_check()",
-         False, "PIT: speaker_data_on <= 1, pad0 0, channel fields in range, channels 0 and 1 gated on", since="4.19"),
+         False, "PIT: speaker_data_on <= 1, pad0 0, channel fields in range, channels 0 and 1 gated on",
+         **refused_from("vpic-vpit-pci-link")),
     Rule("hvm-lapic-state", ERROR, RESTORE,
          "xen/arch/x86/hvm/vlapic.c: lapic_check_hidden()",
          False, "LAPIC: apic_base_msr has EXTD (x2APIC) only with ENABLE"),
     Rule("hvm-mtrr-state", ERROR, RESTORE,
          "xen/arch/x86/hvm/mtrr.c: hvm_load_mtrr_msr()",
-         False, "MTRR: msr_mtrr_cap.VCNT is at most 8", since="4.12"),
+         False, "MTRR: msr_mtrr_cap.VCNT is at most 8",
+         **refused_from("mtrr-vcnt")),
     Rule("hvm-viridian-state", ERROR, RESTORE,
          "xen/arch/x86/hvm/viridian/viridian.c: viridian_load_vcpu_ctxt()",
          False, "VIRIDIAN_VCPU: _pad[7] is zero"),
@@ -565,10 +676,12 @@ RULES: Dict[str, Rule] = _table([
          False, "a TMEM pool's page size is at most 64 KiB (xenstream reads no further; HEAD refuses any TMEM chunk)"),
     Rule("legacy-tsc-pvrdtscp", ERROR, RESTORE,
          "xen/arch/x86/time.c: tsc_set_info()",
-         False, "TSC_INFO mode is not 3 (PVRDTSCP, refused with -EINVAL since 4.12)", since="4.12"),
+         False, "TSC_INFO mode is not 3 (PVRDTSCP, refused with -EINVAL since 4.12)",
+         **refused_from("tsc-pvrdtscp-removed")),
     Rule("legacy-tsc-mode", ERROR, RESTORE,
          "xen/arch/x86/time.c: tsc_set_info()",
-         False, "TSC_INFO mode is 0-3 (4.6-4.11 set any mode silently; 4.12 returns -EINVAL)", since="4.12"),
+         False, "TSC_INFO mode is 0-3 (4.6-4.11 set any mode silently; 4.12 returns -EINVAL)",
+         **refused_from("tsc-pvrdtscp-removed")),
     Rule("legacy-toolstack", ERROR, TOOLSTACK,
          "tools/python/scripts/convert-legacy-stream: read_libxl_toolstack()",
          False, "the TOOLSTACK chunk is libxl's physmap record: version 1, count entries, NUL-terminated names"),
@@ -602,10 +715,16 @@ RULES: Dict[str, Rule] = _table([
          True, "a Remus stream that ends inside checkpoint n>1 fails over to checkpoint n-1 (HEAD's converter reads checkpoint 1 only)"),
     Rule("legacy-stream", WARNING, TOOLSTACK,
          "tools/libs/light/libxl_stream_read.c: libxl__stream_read_start()",
-         True, "a legacy stream in an xl (STREAMv2 clear), libvirt (version 1) or XenSavedDomain image: the toolstack runs convert-legacy-stream"),
+         True, "a legacy stream in an xl (STREAMv2 clear), libvirt (version 1) or XenSavedDomain image: the toolstack runs convert-legacy-stream",
+         before=HOST, changes=(("legacy-converter", HOST),),
+         condition="convert-legacy-stream runs on the host (libxl: $LIBXL_CONVERT_HELPER or "
+         "its libexec copy; xenopsd: its own)",
+         advice="or convert it first (xenstream convert IN OUT)"),
     Rule("legacy-stream-unconverted", WARNING, SPEC,
          "docs/specs/libxc-migration-stream.pandoc §Legacy Images (x86 only)",
-         False, "a bare or xend legacy stream: nothing at HEAD converts it (\"shall be handled by translating\"); xenstream convert does"),
+         False, "a bare or xend legacy stream: nothing at HEAD converts it (\"shall be handled by translating\"); xenstream convert does",
+         before=REFUSED, changes=(("legacy-restore-removed", REFUSED),),
+         advice="convert it first (xenstream convert IN OUT)"),
     Rule("legacy-stream-rejected", ERROR, SPEC,
          "docs/specs/libxc-migration-stream.pandoc §Legacy Images (x86 only)",
          False, "the v2-only checker (verify-stream-v2 drop-in) refuses a legacy stream"),
@@ -758,7 +877,11 @@ RULES: Dict[str, Rule] = _table([
          "tools/libs/light/libxl_create.c: libxl__domain_build_info_setdefault() (from "
          "19ab8356ab, Xen 4.21, the device model is always qemu-xen)",
          True, "qemu-traditional device state restores only where that device model is built "
-         "(a condition of the restoring host, not of the stream)"),
+         "(a condition of the restoring host, not of the stream)",
+         before=RESTORES, changes=(("qemu-trad-not-default", HOST), ("qemu-trad-removed", REFUSED)),
+         condition="the host builds qemu-traditional (--enable-qemu-traditional; the default "
+         "up to 4.15)",
+         advice="restore on a host that still builds qemu-traditional"),
     Rule("legacy-checkpoint-bad", WARNING, RESTORE,
          "tools/libxc/xc_domain_restore.c@RELEASE-4.5.0: xc_domain_restore()",
          True, "a malformed structure in a later Remus checkpoint: the restorer discards that "
@@ -773,12 +896,117 @@ RULES: Dict[str, Rule] = _table([
          "libxl__build_device_model_args_new()",
          True, "an HVM-type libxl stream without EMULATOR_CONTEXT and no configuration to say "
          "whether it is PVH (none needed) or HVM (its device state is missing)"),
+    # -- judged per release (verify --target-xen): what only some releases restore ---------------
+    Rule("release-stream-v3", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_restore.c: read_headers()",
+         True, "restores from 4.14 (4.6-4.13's read_headers() accepts version 2 only)",
+         uses=(("stream-version", 3),), **restored_from("stream-v3")),
+    Rule("release-static-data-end", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_restore.c: restore() (\"Mandatory record ... not handled\")",
+         True, "restores from 4.14 (before, record 0x10 is an unknown mandatory record)",
+         uses=(("record-type", 0x10),), **restored_from("stream-v3")),
+    Rule("release-policy-records", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_restore.c: restore(); xg_sr_common_x86.c: handle_x86_cpuid_policy()",
+         True, "restores from 4.14, where the CPUID/MSR policy (records 0x11, 0x12) is applied "
+         "as the domain's (before, unknown mandatory records)",
+         uses=(("record-type", 0x11), ("record-type", 0x12)),
+         condition="the host's CPU offers every feature of the stream's CPUID/MSR policy",
+         **restored_from("policy-records", HOST)),
+    Rule("release-record-length", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_common.c: read_record()",
+         True, "restores from 4.10 (REC_LENGTH_MAX is 8 MiB before, 128 MiB from e48e33e219)",
+         uses=(("record-length", None, 8 << 20),), **restored_from("record-length-128m")),
+    Rule("release-empty-pv-vcpu", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_restore_x86_pv.c: handle_x86_pv_vcpu_blob()",
+         True, "restores from 4.11 (4.6-4.10 fail on an X86_PV_VCPU_* record with no content, "
+         "the errata's)",
+         uses=(("pv-vcpu-empty", None),), **restored_from("empty-pv-vcpu")),
+    Rule("release-pv-xsave-size16", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_restore_x86_pv.c: handle_x86_pv_vcpu_blob()",
+         True, "restores where the release has 2a62c22715 (before, an X86_PV_VCPU_XSAVE "
+         "payload had to be a multiple of 16 bytes)",
+         uses=(("pv-xsave-odd", None),), **restored_from("pv-vcpu-blob-audit")),
+    Rule("release-hvm-cpu-1032", ERROR, RESTORE,
+         "xen/arch/x86/hvm/save.c: _hvm_check_entry()",
+         True, "restores from 4.7 (4.6 loads a CPU record of at most 1024 bytes)",
+         uses=(("hvm-length", 2, 1024),), **restored_from("hvm-cpu-1032")),
+    Rule("release-hvm-viridian-vcpu-16", ERROR, RESTORE,
+         "xen/arch/x86/hvm/save.c: _hvm_check_entry()",
+         True, "restores from 4.7 (4.6 loads VIRIDIAN_VCPU as exactly 8 bytes)",
+         uses=(("hvm-length", 17, 8),), **restored_from("hvm-viridian-vcpu-16")),
+    Rule("release-hvm-viridian-vcpu-216", ERROR, RESTORE,
+         "xen/arch/x86/hvm/save.c: _hvm_check_entry()",
+         True, "restores from 4.13 (VIRIDIAN_VCPU at most 16 bytes before: no SynIC or synthetic timers)",
+         uses=(("hvm-length", 17, 16),), **restored_from("hvm-viridian-vcpu-216")),
+    Rule("release-hvm-vmce-32", ERROR, RESTORE,
+         "xen/arch/x86/hvm/save.c: _hvm_check_entry()",
+         True, "restores from 4.10 (VMCE_VCPU at most 24 bytes before: no mcg_ext_ctl)",
+         uses=(("hvm-length", 18, 24),), **restored_from("hvm-vmce-32")),
+    Rule("release-hvm-rtc-24", ERROR, RESTORE,
+         "xen/arch/x86/hvm/save.c: _hvm_check_entry()",
+         True, "restores from 4.14 (RTC exactly 16 bytes before: no rtc_offset)",
+         uses=(("hvm-length", 11, 16),), **restored_from("hvm-rtc-24")),
+    Rule("release-hvm-lapic-32", ERROR, RESTORE,
+         "xen/arch/x86/hvm/save.c: _hvm_check_entry()",
+         True, "restores where the release has pending_esr (LAPIC at most 24 bytes without b28b590d4a)",
+         uses=(("hvm-length", 5, 24),), **restored_from("hvm-lapic-32")),
+    Rule("release-msr-xss", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_msrs()",
+         True, "restores from 4.7 (MSR_IA32_XSS in CPU_MSR)",
+         uses=(("msr", 0xDA0),), **restored_from("msr-xss")),
+    Rule("release-msr-misc-features", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_msrs()",
+         True, "restores where the release loads MSR_INTEL_MISC_FEATURES_ENABLES from CPU_MSR",
+         uses=(("msr", 0x140),), **restored_from("msr-misc-features")),
+    Rule("release-msr-spec-ctrl", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_msrs()",
+         True, "restores where the release loads MSR_SPEC_CTRL from CPU_MSR",
+         uses=(("msr", 0x48),), **restored_from("msr-spec-ctrl")),
+    Rule("release-msr-virt-spec-ctrl", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_msrs()",
+         True, "restores from 4.17 (MSR_VIRT_SPEC_CTRL in CPU_MSR)",
+         uses=(("msr", 0xC001011F),), **restored_from("msr-virt-spec-ctrl")),
+    Rule("release-msr-pkrs", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvm_load_cpu_msrs()",
+         True, "restores from 4.18 (MSR_PKRS in CPU_MSR)",
+         uses=(("msr", 0x6E1),), **restored_from("msr-pkrs")),
+    Rule("release-param-x87-fip-width", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvmop_set_param()",
+         True, "restores from 4.7 and 4.6.3 (HVM_NR_PARAMS 36 before: no X87_FIP_WIDTH)",
+         uses=(("hvm-param", 36),), **restored_from("param-x87-fip-width")),
+    Rule("release-param-vm86-tss-sized", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvmop_set_param()",
+         True, "restores from 4.9 (HVM_NR_PARAMS 37 before: no VM86_TSS_SIZED)",
+         uses=(("hvm-param", 37),), **restored_from("param-vm86-tss-sized")),
+    Rule("release-param-mca-cap", ERROR, RESTORE,
+         "xen/arch/x86/hvm/hvm.c: hvmop_set_param()",
+         True, "restores from 4.10 (HVM_NR_PARAMS 38 before: no MCA_CAP)",
+         uses=(("hvm-param", 38),), **restored_from("param-mca-cap")),
+    Rule("release-colo", ERROR, TOOLSTACK,
+         "tools/libs/light/libxl_stream_read.c: process_record()",
+         True, "restores from 4.7 (before, CHECKPOINT_STATE is an unknown libxl record: no COLO)",
+         uses=(("libxl-record", 5),), **restored_from("colo")),
+    Rule("release-pv32", ERROR, RESTORE,
+         "xen/arch/x86/pv/domain.c: switch_compat()",
+         True, "a 32-bit PV guest restores only where Xen runs 32-bit PV guests (an option from 4.14)",
+         uses=(("guest", "pv32"),), before=RESTORES, changes=(("pv32-option", HOST),),
+         condition="the host's Xen runs 32-bit PV guests (CONFIG_PV32 and pv=32; off by "
+         "default outside the PV shim from 4.16.0, 4.15.1 and 4.14.3)"),
+    Rule("release-pv-compat-m2p", ERROR, RESTORE,
+         "tools/libs/guest/xg_sr_common_x86_pv.c: x86_pv_map_m2p()",
+         True, "a PV guest restores on 4.15.0 only where 32-bit PV is enabled (libxenguest maps "
+         "the compat M2P, which Xen keeps only then)",
+         uses=(("guest", "pv"),), before=RESTORES,
+         changes=(("pv-needs-pv32", HOST), ("pv-restore-fixed", RESTORES)),
+         condition="the host's Xen has 32-bit PV enabled (4.15.0's libxenguest needs its "
+         "compat M2P for every PV guest; fixed in 4.15.1)"),
 ])
 
 
 __all__ = ["ANY_RELEASE", "AUTHORITIES", "CONVENTION", "ERROR", "FIRST_V2_RELEASE", "HEAD",
-           "INFO", "RESTORE", "RULES", "Rule", "SPEC", "TOOLSTACK", "WARNING", "last_restoring",
-           "markdown", "refused", "rule"]
+           "HOST", "INFO", "REFUSED", "RESTORE", "RESTORES", "RULES", "Rule", "SPEC", "TOOLSTACK",
+           "WARNING", "affected", "last_restoring", "markdown", "refusal_note", "refused",
+           "refused_from", "releases_text", "restored_from", "rule", "verdict"]
 
 if __name__ == "__main__":
     markdown(sys.stdout)

@@ -47,19 +47,33 @@ def _output_path(out: Any, res: Any) -> Optional[str]:
 
 
 def check(path: str, opts: Any, res: Any) -> None:
+    from xenstream.consumers import restorability
     from xenstream.consumers.verify import verify
     from xenstream.io import Source
+    from xenstream.rules import ANY_RELEASE, HEAD, RULES
 
+    target = getattr(opts, "target", HEAD)
+    release = target not in (HEAD, ANY_RELEASE)  # convert --target-xen X.Y
     with Source.open(path) as src:
-        result = verify(src)
+        result = verify(src, releases=release)
     errors = {f.rule for f in result.errors}
     want = _expected_errors(opts, res)
+    msg = ""
+    if release:
+        # judged for that release, the output fails exactly on what was forced; plain
+        # verify never raises the rules only a release judging raises
+        at = {f.rule for f in restorability.findings_at(result, target) if f.severity == "error"}
+        if at != set(res.forced):
+            msg = (f"selfcheck: the conversion to {path} fails Xen {target}'s judging on "
+                   f"{sorted(at)}, expected {sorted(res.forced)}")
+        want = {r for r in want if not RULES[r].uses}
     # a xend image's configuration goes beside the output (OUT.sxp): what the
     # converter judged from it, the verifier of the output cannot see
     seen = errors <= want if res.envelope == "xend" else errors == want
     if not seen:
         msg = (f"selfcheck: the conversion to {path} fails verify on {sorted(errors)}, expected "
                f"{sorted(want)}: " + "; ".join(f.message for f in result.errors))
+    if msg:
         log = os.environ.get("XENSTREAM_SELFCHECK")
         if log:
             with open(log, "a") as f:

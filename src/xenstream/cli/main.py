@@ -41,6 +41,16 @@ def _open_input(spec: str) -> Optional[Tuple[Source, str]]:
     return src, spec if spec != "-" else "<stdin>"
 
 
+def _target_xen(text: str) -> List[str]:
+    """--target-xen's value: the releases it names (argparse's type)."""
+    from xenstream import releases
+
+    try:
+        return releases.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _verify(args: argparse.Namespace) -> int:
     opened = _open_input(args.file)
     if opened is None:
@@ -51,10 +61,12 @@ def _verify(args: argparse.Namespace) -> int:
         printer = RecordPrinter(print)
     with src:
         res = verify(src, format=args.format, lenient=args.lenient, on_item=printer,
-                     skip_qemu=args.skip_qemu)
+                     skip_qemu=args.skip_qemu, releases=args.target_xen is not None)
     res.file = name
     if printer:
         printer.close()
+    if args.target_xen is not None:
+        return _verify_target(args, res, name)
     if args.json:
         print(to_json(res))
     elif not args.quiet:
@@ -66,6 +78,35 @@ def _verify(args: argparse.Namespace) -> int:
                 print(f"{name}: note: {n}")
         print(verdict(res, name))
     return EXIT_OK if res.valid else EXIT_INVALID
+
+
+def _verify_target(args: argparse.Namespace, res: Any, name: str) -> int:
+    """verify --target-xen: the verdict of one release, or of every release."""
+    import json
+
+    from xenstream import releases
+    from xenstream.consumers import restorability as rb
+
+    targets: List[str] = args.target_xen
+    every = len(targets) > 1
+    release = releases.HEAD if every else targets[0]
+    v = rb.judge(res, release)
+    if args.json:
+        requested = "all" if every else release
+        print(json.dumps(rb.to_json(res, requested, release), indent=2))
+    elif not args.quiet:
+        if every:
+            for line in rb.all_lines(res, name):
+                print(line)
+        else:
+            lines, v = rb.text_lines(res, name, release)
+            for line in lines[:-1]:
+                print(line, file=sys.stderr if v.outcome == releases.REFUSED else sys.stdout)
+            print(lines[-1])
+        if args.verbose:
+            for n in res.notes:
+                print(f"{name}: note: {n}")
+    return rb.exit_code(v)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -101,6 +142,11 @@ def _convert(args: argparse.Namespace) -> int:
     from xenstream.cli.convert_cmd import Progress, error_line, open_output, run_conversion
     from xenstream.consumers.convert import ConvertOptions
 
+    try:
+        target, stream_version = _convert_target(args)
+    except UsageError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_USAGE
     opened = _open_input(args.input)
     if opened is None:
         return EXIT_USAGE
@@ -115,7 +161,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     progress = Progress(src.size, not quiet and not args.dry_run)
     opts = ConvertOptions(
-        out_format=args.format, stream_version=args.stream_version,
+        out_format=args.format, stream_version=stream_version, target=target,
         width=args.width // 8 if args.width else None, guest=args.guest_type, force=args.force,
         skip_qemu=args.skip_qemu, drop_tmem=args.drop_tmem, tmpdir=args.tmpdir,
         progress=progress)
@@ -145,6 +191,23 @@ def _convert(args: argparse.Namespace) -> int:
         cps = f", {res.checkpoints} checkpoints collapsed" if res.checkpoints > 1 else ""
         print(f"{name}: {what}: {res.output}, {guest}, {res.pages} pages{cps}", file=sys.stderr)
     return EXIT_OK
+
+
+def _convert_target(args: argparse.Namespace) -> Tuple[str, int]:
+    """The release convert judges against and the stream version it writes:
+    v3 where the target restores v3 (4.14 on), v2 before (release-stream-v3)."""
+    from xenstream.rules import HEAD, REFUSED, rule, verdict
+
+    if args.target_xen is None:
+        return HEAD, args.stream_version or 3
+    if len(args.target_xen) > 1:
+        raise UsageError("convert --target-xen takes one release (X.Y, X.Y.Z or HEAD), not all")
+    target = args.target_xen[0]
+    v2_only = verdict(rule("release-stream-v3"), target) == REFUSED
+    wanted = 2 if v2_only else 3
+    if args.stream_version is not None and args.stream_version != wanted and v2_only:
+        raise UsageError(f"--stream-version 3 is refused by Xen {target} (stream v3 from 4.14)")
+    return target, args.stream_version or wanted
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -204,8 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         "specifications and the rules of Xen's C restore code. The layers (xl, libxl, "
         "libxc) are detected from content; checkpointed Remus/COLO streams are followed.",
         "examples:\n  xenstream verify demo.xl\n  xenstream verify --json -q img\n"
-        "  ssh host cat /var/lib/xen/save/vm | xenstream verify -\n\n"
-        "exit status: 0 valid, 1 invalid, 2 usage or internal error")
+        "  ssh host cat /var/lib/xen/save/vm | xenstream verify -\n"
+        "  xenstream verify --target-xen 4.17 vm.save     will Xen 4.17.0 restore it?\n"
+        "  xenstream verify --target-xen all vm.save      one line per release\n\n"
+        "exit status: 0 valid, 1 invalid, 2 usage or internal error; with --target-xen: 0 "
+        "the release restores it (perhaps on a condition of the host, printed), 1 it does "
+        "not")
     _image_args(v, "image to check: a path, - for stdin (default), or /dev/fd/N",
                 "require this outermost format instead of detecting it")
     v.add_argument("-v", "--verbose", action="store_true",
@@ -217,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--skip-qemu", action="store_true",
                    help="a legacy HVM image ends at its tail: the caller keeps the "
                    "device-model record (as convert --skip-qemu)")
+    v.add_argument("--target-xen", metavar="X.Y[.Z]|HEAD|all", type=_target_xen,
+                   help="judge whether this Xen release restores the image (through xl/libxl "
+                   "or the envelope's toolstack): exit 0 if it does or does on a host with "
+                   "what is printed, 1 if not; all: one line per release, exit as for HEAD")
     v.set_defaults(func=_verify)
 
     c = _command(
@@ -240,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files (the SXP config is written to OUT.sxp), bare and XenServer streams become libxc "
         "v3. The saving toolstack's width and the guest type are detected from the content.",
         "examples:\n  xenstream convert old.xl new.xl\n"
+        "  xenstream convert --target-xen 4.11 old.xl new.xl   a stream v2 for a 4.11 host\n"
         "  xenstream convert --dry-run old.save -\n"
         "  ssh oldhost cat vm.save | xenstream convert - vm.xl\n\n"
         "exit status: 0 converted, 1 bad input (no output is left behind), 2 usage or "
@@ -256,8 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="convert with the given --width/--guest-type even against the content")
     cv.add_argument("--format", choices=["libxc", "libxl"],
                     help="stream inside a bare legacy image's output (default libxc)")
-    cv.add_argument("--stream-version", type=int, choices=[2, 3], default=3,
-                    help="libxc stream version to write (default 3)")
+    cv.add_argument("--stream-version", type=int, choices=[2, 3], default=None,
+                    help="libxc stream version to write (default 3; with --target-xen, what "
+                    "that release restores: 2 before 4.14)")
+    cv.add_argument("--target-xen", metavar="X.Y[.Z]", type=_target_xen,
+                    help="write what this release restores and judge the output against it "
+                    "instead of HEAD (e.g. 4.11 restores TSC mode 3, 4.12 refuses it)")
     cv.add_argument("--skip-qemu", action="store_true",
                     help="stop after the HVM tail and leave the qemu record unread")
     cv.add_argument("--drop-tmem", action="store_true",

@@ -23,6 +23,7 @@ from xenstream.consumers.summary import summarize
 from xenstream.consumers.verify_context import Reporter
 from xenstream.consumers.verify_envelope import EnvelopeVerification
 from xenstream.consumers.verify_legacy import LegacyVerification
+from xenstream.consumers.verify_releases import ReleaseFacts
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.findings import ERROR, INFO, WARNING, Finding
 from xenstream.formats import libxc, libxl
@@ -67,6 +68,9 @@ class Result:
         self.summary: Dict[str, Any] = {}
         self.notes: List[str] = []
         self.end_offset = 0  # offset just past the last byte consumed
+        #: what only some releases restore (``verify(..., releases=True)``), for
+        #: :mod:`xenstream.consumers.restorability`
+        self.facts: Optional[ReleaseFacts] = None
 
     @property
     def errors(self) -> List[Finding]:
@@ -95,7 +99,7 @@ class Verifier:
     def __init__(self, src: Source, *, format: Optional[str] = None, lenient: bool = False,
                  check_trailing: bool = True, reject_legacy: bool = False,
                  on_item: Optional[Callable[[Item], None]] = None,
-                 skip_qemu: bool = False) -> None:
+                 skip_qemu: bool = False, releases: bool = False) -> None:
         self.src = src
         self.parser = Parser(src, format=format)
         if skip_qemu:  # a legacy HVM stream ends at its tail: the caller reads the qemu record
@@ -123,6 +127,8 @@ class Verifier:
         self.legacy = LegacyVerification(self.parser, self.envelope, self.report,
                                          reject=reject_legacy)
         self.reported_colo_pv = False
+        #: with ``releases``: what the per-release judging needs to know
+        self.facts = self.result.facts = ReleaseFacts() if releases else None
 
     # -- main loop ------------------------------------------------------------------
 
@@ -189,6 +195,8 @@ class Verifier:
         elif h.kind == "libxc image header":
             self.libxc = LibxcChecker(self.report, nr_vcpus=env.nr_vcpus())
             self.libxc.image_header(h.fields)
+            if self.facts is not None:
+                self.facts.image_header(h.fields, h.offset)
         elif h.kind == "libxc domain header":
             assert self.libxc is not None
             self.libxc.domain_header(h.fields)
@@ -273,6 +281,8 @@ class Verifier:
                         f"END after {self.since_checkpoint} records of an unfinished checkpoint: "
                         "the restorer discards them and keeps the last complete checkpoint")
         chk.record(rtype, rec.length, body, rec.read)
+        if self.facts is not None:
+            self.facts.libxc_record(rec, body)
         if rtype == libxc.REC_TYPE_CHECKPOINT:
             self.since_checkpoint = 0
         else:
@@ -304,6 +314,8 @@ class Verifier:
                 and self.last_libxl == libxl.REC_TYPE_CHECKPOINT_END)
         chk.record(rtype, rec.length, body, guest=guest, in_checkpoint=st.in_checkpoint,
                    colo=colo, after_libxc=self.libxc_done or st.checkpoints > 0, rest=rest)
+        if self.facts is not None:
+            self.facts.libxl_record(rec)
         if rtype == libxl.REC_TYPE_EMULATOR_CONTEXT:
             self.emulator_context = True
             if (body is not None and len(body) >= 4 and not self.reported_traditional

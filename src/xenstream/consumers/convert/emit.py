@@ -16,13 +16,14 @@ from typing import Any, Dict, List, Optional, Sequence
 from xenstream.consumers.convert.envelope import Envelope
 from xenstream.consumers.convert.options import CONVERTER_VERSION, Context, ConversionError
 from xenstream.consumers.convert.state import CheckpointState
+from xenstream.consumers.verify_releases import ReleaseFacts
 from xenstream.findings import ERROR
 from xenstream.formats import legacy, libxc, libxl
 from xenstream.formats.legacy import LBatch, LBatchRun, LHeader, LHvmTail, LPvTail
 from xenstream.formats.libxc import PAGE_SIZE as PAGE
 from xenstream.formats.libxc import LibxcChecker
 from xenstream.formats.libxl import LibxlChecker
-from xenstream.rules import ANY_RELEASE, last_restoring, refused, rule
+from xenstream.rules import ANY_RELEASE, HEAD, refusal_note, refused, rule
 from xenstream.writers.v2 import LibxcWriter, LibxlWriter
 
 _PAGE_DATA_HEAD = struct.Struct("<IIII")
@@ -57,6 +58,10 @@ class V2Emitter:
         self.findings: List[str] = []  # the refusals of the records written so far
         self.verify_written = False
         self.tsc_written = False
+        #: a release target: what only some releases restore, judged for it
+        self.release_facts = (ReleaseFacts() if ctx.opts.target not in (HEAD, ANY_RELEASE)
+                              else None)
+        self._release_reported: List[str] = []
         self.w: LibxcWriter
         self.libxl_w: LibxlWriter
 
@@ -68,11 +73,12 @@ class V2Emitter:
         r = rule(rule_id)
         if r.severity != ERROR:
             return  # what the verifier reports as a warning is written as it is
-        last = last_restoring(r)
-        since = (f"; Xen {r.since} and later refuse it, {last} is the last release that "
-                 "restores it" if last else "")
-        if self.opts.target == ANY_RELEASE and not refused(r, ANY_RELEASE):
-            self.warn(f"the converted stream breaks rule {rule_id}: {message}{since}")
+        since = refusal_note(r)
+        target = self.opts.target
+        if target != HEAD and not refused(r, target):
+            # ANY_RELEASE: some release restores it; a release: that one does
+            where = "" if target in (ANY_RELEASE, HEAD) else f"; Xen {target} restores it"
+            self.warn(f"the converted stream breaks rule {rule_id}: {message}{where}{since}")
             self.res.release_dependent.append(rule_id)
         elif self.opts.force:
             self.warn(f"the converted stream breaks rule {rule_id}: {message}{since}; written "
@@ -97,7 +103,20 @@ class V2Emitter:
             self.libxc_checker.record(rtype, len(body),
                                       None if rtype == libxc.REC_TYPE_PAGE_DATA else body,
                                       read_prefix)
+            if self.release_facts is not None:
+                self._judge_release(rtype, body)
             self._check_findings()
+
+    def _judge_release(self, rtype: int, body: bytes) -> None:
+        """What the target release refuses though HEAD restores it (a record
+        length, an HVM entry size, an MSR or HVM param index it lacks)."""
+        facts = self.release_facts
+        assert facts is not None
+        facts.libxc_written(rtype, body, self.src.pos, self.res.records)
+        for r, fact in facts.refused_at(self.opts.target):
+            if r.id not in self._release_reported:
+                self._release_reported.append(r.id)
+                self._report(r.id, f"found {fact.message}: {r.description}")
 
     def _check_findings(self) -> None:
         if self.findings:
