@@ -352,8 +352,7 @@ class _Collector:
         t = type(item)
         if t is Record:
             self._record(item)  # type: ignore[arg-type]
-        elif t is PageRun:
-            self.cur.records += item.records  # type: ignore[union-attr]
+        elif t is PageRun:  # its records were counted by the sink, one by one
             self.since_commit += item.records  # type: ignore[union-attr]
         elif isinstance(item, Header):
             self._header(item)
@@ -608,6 +607,8 @@ class _Collector:
             s.hvm_context = it.context or s.hvm_context
         elif isinstance(it, LPvTail):
             s.unmapped = len(it.unmapped)
+            # the legacy restorer gives these back (the guest ballooned them out)
+            self.bitmap.remove(it.unmapped)
             s.pv_vcpus = [v.vcpu_id for v in it.vcpus]
             s.shared_info = True
         elif isinstance(it, LQemu):

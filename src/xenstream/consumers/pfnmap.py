@@ -119,6 +119,20 @@ class PfnBitmap:
                 sent[i] = v | b
                 self.distinct += 1
 
+    def remove(self, pfns: Iterable[int]) -> None:
+        """Forget ``pfns`` (the guest gave them back): no longer resident."""
+        chunks = self._chunks
+        for p in pfns:
+            c = chunks.get(p >> CHUNK_SHIFT)
+            if c is None:
+                continue
+            off = p & (CHUNK_PFNS - 1)
+            i = off >> 3
+            b = 1 << (off & 7)
+            if c[0][i] & b:
+                c[0][i] &= ~b & 0xFF
+                self.distinct -= 1
+
     @property
     def nbytes(self) -> int:
         """Memory held by the bit planes."""
