@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import Any, Optional, Tuple
 
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE
@@ -52,8 +53,8 @@ error are printed, then one line naming the offset), 2 usage error
 
 
 def _parser(sub: Any, name: str, help: str, description: str, epilog: str) -> Any:
-    p = sub.add_parser(name, help=help, description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, help=help, description=textwrap.fill(description, 78),
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", default="-", metavar="FILE",
                    help="image: a path, - for stdin (default), or /dev/fd/N")
     p.add_argument("--format", choices=FORMATS, help="require this outermost format")
