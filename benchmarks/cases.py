@@ -169,6 +169,12 @@ CASES = [
          reference=("cat", "{image}"),
          targets=_SEEKABLE,
          what="the drop-in verify-stream-v2 on the seekable 4 GiB file"),
+    Case("info-seekable-4g", "libxc-hvm-4g",
+         tool=("xenstream", "info", "{image}"),
+         reference=("cat", "{image}"),
+         targets=_SEEKABLE, group="inspect",
+         what="info on a seekable file: the summary and the verdict from one pass that "
+              "skips page data (pfn arrays and metadata only)"),
     # Xen's own tools/python/scripts/verify-stream-v2, for comparison (no targets).
     Case("upstream-verify-seekable-4g", "libxc-hvm-4g",
          tool=("upstream:verify-stream-v2", "-i", "{image}"),

@@ -9,6 +9,7 @@ from typing import Any, List, Optional, Tuple
 
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
+from xenstream.cli.inspect_cmd import add_dump, add_info
 from xenstream.consumers.report import RecordPrinter, finding_lines, to_json, verdict
 from xenstream.consumers.verify import verify
 from xenstream.errors import UsageError
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true",
                    help="print {kind, envelope, offset, length, config} as JSON")
     c.set_defaults(func=_config)
+    add_info(sub)
+    add_dump(sub)
 
     cv = _command(
         sub, "convert", "convert a legacy (Xen <= 4.5) image to one current Xen restores",

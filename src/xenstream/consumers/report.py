@@ -93,6 +93,17 @@ def to_json(res: Result) -> str:
     return json.dumps(res.to_json(), indent=2, sort_keys=False)
 
 
+def record_line(offset: int, layer: str, index: int, name: str, rest: str) -> str:
+    """A record's line in a listing (``verify -v``, ``dump``): offset, layer,
+    record number, type, then ``rest``."""
+    return f"{offset:#012x}  {layer:<6} #{index:<5} {name:<24} {rest}"
+
+
+def item_line(offset: int, rest: str) -> str:
+    """A header's (or any other item's) line in a listing, after its offset."""
+    return f"{offset:#012x}  {rest}"
+
+
 #: ``-v`` line of each non-record item, after its offset
 _ITEM_LINES: Dict[type, Callable[[Any], str]] = {
     items.Header: lambda i: f"{i.layer:<6} {i.kind}: "
@@ -141,8 +152,8 @@ class RecordPrinter:
                 self._run_bytes += item.end - item.offset - 8 * item.records
                 return
             self._flush()
-            self.emit(f"{item.offset:#012x}  {item.layer:<6} #{item.first_index:<5} "
-                      f"{'PAGE_DATA':<24} {item.records} records, {item.pages} pages")
+            self.emit(record_line(item.offset, item.layer, item.first_index, "PAGE_DATA",
+                                  f"{item.records} records, {item.pages} pages"))
             return
         if isinstance(item, LBatchRun):
             if self._run is not None and self._run.name == "legacy batch":
@@ -153,8 +164,8 @@ class RecordPrinter:
             self._run = _Run("legacy batch", "legacy")
             self._run_n = len(item.batches)
             self._run_bytes = item.pages * 4096
-            self.emit(f"{item.offset:#012x}  legacy {len(item.batches)} page batches of plain "
-                      f"pfns, {item.pages} pages")
+            self.emit(item_line(item.offset, f"legacy {len(item.batches)} page batches of "
+                                f"plain pfns, {item.pages} pages"))
             return
         if isinstance(item, LBatch):
             n = getattr(item, "n_data", 0)
@@ -166,8 +177,8 @@ class RecordPrinter:
             self._run = _Run("legacy batch", "legacy")
             self._run_n = 1
             self._run_bytes = n * 4096
-            self.emit(f"{item.offset:#012x}  legacy page batch of {getattr(item, 'count', 0)} "
-                      f"pfns, {n} pages")
+            self.emit(item_line(item.offset, f"legacy page batch of "
+                                f"{getattr(item, 'count', 0)} pfns, {n} pages"))
             return
         if isinstance(item, items.Record):
             if self._run is not None and item.name == self._run.name and item.layer == self._run.layer:
@@ -179,15 +190,16 @@ class RecordPrinter:
                 self._run = item
                 self._run_n = 1
                 self._run_bytes = item.length
-            self.emit(f"{item.offset:#012x}  {item.layer:<6} #{item.index:<5} "
-                      f"{item.name:<24} length {item.length}")
+            self.emit(record_line(item.offset, item.layer, item.index, item.name,
+                                  f"length {item.length}"))
             return
         self._flush()
         line = _ITEM_LINES.get(type(item))
         if line is not None:
-            self.emit(f"{item.offset:#012x}  {line(item)}")
+            self.emit(item_line(item.offset, line(item)))
         elif getattr(item, "layer", "") == "legacy":
-            self.emit(f"{item.offset:#012x}  legacy {getattr(item, 'what', type(item).__name__)}")
+            self.emit(item_line(item.offset,
+                                f"legacy {getattr(item, 'what', type(item).__name__)}"))
 
     def close(self) -> None:
         self._flush()
@@ -198,4 +210,5 @@ def print_lines(lines: List[str], stream: TextIO) -> None:
         print(line, file=stream)
 
 
-__all__ = ["finding_lines", "verdict", "to_json", "RecordPrinter", "chain", "Any"]
+__all__ = ["finding_lines", "verdict", "to_json", "RecordPrinter", "chain", "item_line",
+           "record_line", "Any"]

@@ -71,6 +71,9 @@ class Result:
         #: what only some releases restore (``verify(..., releases=True)``), for
         #: :mod:`xenstream.consumers.restorability`
         self.facts: Optional[ReleaseFacts] = None
+        #: the finding where the parse stopped because the input could not be
+        #: read on (a format error, or end of input where no failover applies)
+        self.stopped: Optional[Finding] = None
 
     @property
     def errors(self) -> List[Finding]:
@@ -170,6 +173,7 @@ class Verifier:
         except FormatError as e:
             self._ctx_from_error(e)
             self.report(e.rule, e.message)
+            res.stopped = res.findings[-1]
         res.layers = list(self.parser.state.layers)
         res.end_offset = self.src.pos
         res.valid = not res.errors
@@ -299,7 +303,8 @@ class Verifier:
         rtype = rec.rtype
         rest: Any = ()
         if rtype == libxl.REC_TYPE_EMULATOR_CONTEXT:
-            body = rec.read(min(rec.length, 12))
+            # emulator header, and the QEMU file magic and version (for info)
+            body = rec.read(min(rec.length, 16))
         elif rtype == libxl.REC_TYPE_EMULATOR_XENSTORE_DATA:
             body = rec.read(min(rec.length, 8))
             rest = rec.chunks(XENSTORE_CHUNK)
@@ -368,6 +373,7 @@ class Verifier:
             if self.parser.state.checkpoints:
                 extra = " before the first complete checkpoint"
             self.report(e.rule, e.message + extra)
+            self.result.stopped = self.result.findings[-1]
 
     def _finish(self, truncated: bool = False) -> None:
         if self.legacy.stream is not None:

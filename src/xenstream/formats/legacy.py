@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.formats import pv
 from xenstream.io import Source
+from xenstream.layout import Layout
 
 P2M_SIZE_MAX = 0x10000000  # the legacy saver refuses p2m_size > 0x0FFFFFFF
 MAX_BATCH_SIZE = 1024
@@ -119,6 +120,11 @@ CHUNK_NAMES: Dict[int, str] = {
 HVM_PARAM_CHUNKS: Dict[int, int] = {
     -3: 12, -4: 15, -8: 17, -10: 19, -11: 9, -14: 34, -15: 27, -16: 28, -17: 29, -19: 32, -20: 33,
 }
+#: the TSC_INFO chunk's payload after its id: packed, written field by field
+TSC_INFO = Layout("legacy TSC_INFO", [("mode", "I"), ("nsec", "Q"), ("khz", "I"),
+                                      ("incarnation", "I")])
+#: HVM tail magic pfns, in order, as the HVM_PARAM each stands for
+MAGIC_PFN_PARAMS = (5, 6, 1)  # IOREQ_PFN, BUFIOREQ_PFN, STORE_PFN
 MAX_VCPU_ID = 4095
 #: pfn entries held by one LBatchRun at most (a few hundred KiB of Python ints)
 RUN_MAX_PAGES = 4096

@@ -27,6 +27,7 @@ from xenstream.formats.libxc_hvm import (
     TSC_MODE_NAMES,
     X86_TSC_INFO,
     HvmRecords,
+    hvm_param_name,
 )
 from xenstream.formats.libxc_pages import (
     KNOWN_PAGE_TYPES,
@@ -191,7 +192,8 @@ __all__ = [  # the whole layer, whichever module defines a name
     "REC_TYPE_X86_TSC_INFO", "RH", "RecordFamily", "Report", "SHARED_INFO_SIZE", "TSC_MODE_NAMES",
     "T_BAD", "T_DATA", "T_HIGH", "T_LOW", "V3_ONLY", "VCPU_BASIC_SIZE", "VCPU_EXTENDED_MAX",
     "VCPU_MSR_ENTRY", "VCPU_RECORDS", "VCPU_XSAVE_MIN", "X86_PV_INFO", "X86_PV_P2M_FRAMES_HDR",
-    "X86_PV_VCPU_HDR", "X86_TSC_INFO", "p2m_frames_length", "record_name", "scan_pfns",
+    "X86_PV_VCPU_HDR", "X86_TSC_INFO", "hvm_param_name", "p2m_frames_length", "record_name",
+    "scan_pfns",
 ]
 
 

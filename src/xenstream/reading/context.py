@@ -10,11 +10,16 @@ numbering and the settings a consumer may change while it pulls items.
 
 from __future__ import annotations
 
-from typing import List, Optional, Protocol
+from typing import Callable, List, Optional, Protocol
 
 from xenstream.io import Source
 from xenstream.reading.items import PageFilter
 from xenstream.reading.legacy import LegacyOptions, LegacyParser
+
+PfnSink = Callable[[bytes, str], None]
+"""``sink(entries, endian)``: the raw pfn array (u64 words) of one PAGE_DATA
+record that a :class:`~xenstream.reading.items.PageRun` holds, in the stream's
+byte order, as the bulk check read it."""
 
 
 class ParseState:
@@ -41,6 +46,8 @@ class Context(Protocol):
     index: int
     #: set by a consumer to receive PAGE_DATA runs in bulk (seekable input)
     page_filter: Optional[PageFilter]
+    #: set by a consumer to see the pfn array of every record of a bulk run
+    pfn_sink: Optional[PfnSink]
     #: read legacy payloads item by item (False: stop at the Legacy marker)
     follow_legacy: bool
     legacy_options: LegacyOptions

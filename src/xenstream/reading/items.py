@@ -12,7 +12,7 @@ content; :class:`EndOfInput` at a clean end of a checkpointed stream.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Set, Union
+from typing import Callable, Dict, Iterator, Optional, Set, Union
 
 from xenstream.errors import LimitError, TruncatedError
 from xenstream.formats import legacy, libxc, libxl, xenopsd
@@ -205,7 +205,7 @@ class Record:
     """One record of any layer, with a lazy body."""
 
     __slots__ = ("index", "offset", "layer", "rtype", "length", "endian", "_src", "_done",
-                 "_padding", "checkpoint")
+                 "_padding", "checkpoint", "tap")
 
     def __init__(self, src: Source, index: int, offset: int, layer: str, rtype: int,
                  length: int, endian: str, checkpoint: int) -> None:
@@ -220,6 +220,9 @@ class Record:
         self._padding: Optional[bytes] = None
         #: number of libxc CHECKPOINT records seen before this record
         self.checkpoint = checkpoint
+        #: set by a consumer riding along another's pass (the verifier's
+        #: ``on_item``): called with every piece of the body that is read
+        self.tap: Optional[Callable[[bytes], None]] = None
 
     @property
     def name(self) -> str:
@@ -246,6 +249,8 @@ class Record:
         if len(data) != n:
             raise self._truncated(at, n, len(data))
         self._done += n
+        if self.tap is not None:
+            self.tap(data)
         return data
 
     def _truncated(self, at: int, wanted: int, got: int) -> TruncatedError:

@@ -35,7 +35,7 @@ from typing import Iterator, Optional
 from xenstream.errors import FormatError, TruncatedError
 from xenstream.formats import legacy, libvirt, libxl, xend, xenopsd, xl
 from xenstream.io import Source
-from xenstream.reading.context import ParseState
+from xenstream.reading.context import ParseState, PfnSink
 from xenstream.reading.envelopes import (
     XL_CONFIG_MAX,
     read_legacy,
@@ -52,7 +52,7 @@ __all__ = [
     "FORMAT_NAMES", "LAYER_LEGACY", "LAYER_LIBVIRT", "LAYER_LIBXC", "LAYER_LIBXL", "LAYER_XEND",
     "LAYER_XENOPSD", "LAYER_XL", "LIBXL_SMALL_BODY_MAX", "XL_CONFIG_MAX", "EndOfInput",
     "EnvelopeData", "Frame", "Header", "Item", "Legacy", "LegacyOptions", "LegacyParser",
-    "Mismatch", "PageFilter", "PageRun", "ParseState", "Parser", "Record", "StopStream",
+    "Mismatch", "PageFilter", "PageRun", "ParseState", "Parser", "PfnSink", "Record", "StopStream",
     "XlConfig",
 ]
 
@@ -84,6 +84,9 @@ class Parser:
         self.detected: Optional[str] = None
         #: set by a consumer to receive PAGE_DATA runs in bulk (seekable input)
         self.page_filter: Optional[PageFilter] = None
+        #: set by a consumer to see the pfn array of every record of those runs
+        #: (:data:`~xenstream.reading.context.PfnSink`), read once by the bulk check
+        self.pfn_sink: Optional[PfnSink] = None
         #: read legacy payloads item by item (False: stop at the Legacy marker)
         self.follow_legacy = True
         self.legacy_options = LegacyOptions()

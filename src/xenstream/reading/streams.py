@@ -168,6 +168,7 @@ def _page_run(ctx: Context, endian: str, filt: PageFilter) -> Optional[PageRun]:
     # pfns at or above ``bound`` send a record to the one-by-one path
     bound = _PFN_LIMIT if filt.pfn_limit is None else min(_PFN_LIMIT, filt.pfn_limit + 1)
     watch = filt.watch
+    sink = ctx.pfn_sink
     pos = start = src.pos
     n = pages = entries = nread = 0
     maxp = -1
@@ -215,6 +216,8 @@ def _page_run(ctx: Context, endian: str, filt: PageFilter) -> Optional[PageRun]:
             pfns = tuple(p & libxc.PAGE_DATA_PFN_MASK for p in pfns)
         if watch and not watch.isdisjoint(pfns):
             break
+        if sink is not None:
+            sink(buf[16:end], endian)
         if m > maxp:
             maxp = m
         n += 1
