@@ -533,6 +533,25 @@ def test_restoring_ranges_of_a_v3_image_with_qemu_traditional_state(tmp_path: Pa
     assert rb.ranges_text(res) == "4.14 \u2013 4.20"
 
 
+def test_info_shows_the_releases_that_restore_it(tmp_path: Path, capsys) -> None:
+    """``xenstream info`` (issue 12 item 3): the same image, the same ranges,
+    from the release table (4.14 for stream v3, 6501e46ca7; qemu-traditional
+    removed in 4.21.0, 19ab8356ab); a stream v2 image from a 4.6-era saver
+    restores on every release from 4.6 to HEAD."""
+    from xenstream.consumers.info import summary
+
+    p = tmp_path / "v3-trad.xl"
+    p.write_bytes(hvm_image(version=3, emulator_id=libxl.EMULATOR_QEMU_TRADITIONAL))
+    info = summary(str(p))
+    assert info.restores_on == ["4.14 \u2013 4.20"]
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "restores on:  Xen 4.14 \u2013 4.20" in out
+    p2 = tmp_path / "v2.xl"
+    p2.write_bytes(hvm_image(version=2))
+    assert summary(str(p2)).restores_on == ["4.6 \u2013 HEAD"]
+
+
 # -- the CLI --------------------------------------------------------------------------------
 
 

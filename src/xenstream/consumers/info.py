@@ -25,6 +25,7 @@ from xenstream.consumers import decode
 from xenstream.consumers.config import KINDS, domain_type_of
 from xenstream.consumers.pfnmap import PfnBitmap
 from xenstream.consumers.report import chain, verdict
+from xenstream.consumers.restorability import restoring_ranges
 from xenstream.consumers.verify import Result, Verifier
 from xenstream.errors import FormatError
 from xenstream.formats import hvm, legacy, libxc, libxl, xenopsd, xl
@@ -230,8 +231,9 @@ class ImageInfo:
     shared_info: bool
     config: Optional[ConfigInfo]
     verdict: Verdict
-    #: the Xen releases that restore the image: filled by the release table
-    #: (``--target-xen``, issue 12); None until then
+    #: the Xen releases that restore the image (on some host at least), as
+    #: ranges from the release table (:mod:`xenstream.releases`): ``["4.14 – 4.20"]``;
+    #: empty when none does
     restores_on: Optional[List[str]] = None
     notes: List[str] = field(default_factory=list)
     #: the verifier's result of the same pass
@@ -673,7 +675,8 @@ def summary(spec_or_source: Union[str, int, Source], *, format: Optional[str] = 
 def _summary(src: Source, format: Optional[str], lenient: bool, skip_qemu: bool,
              name: Optional[str]) -> ImageInfo:
     col = _Collector(src)
-    v = Verifier(src, format=format, lenient=lenient, on_item=col.on_item, skip_qemu=skip_qemu)
+    v = Verifier(src, format=format, lenient=lenient, on_item=col.on_item, skip_qemu=skip_qemu,
+                 releases=True)
     v.parser.pfn_sink = col.sink
     res = v.run()
     col.finish()
@@ -715,6 +718,7 @@ def _build(col: _Collector, v: Verifier, res: Result, name: str) -> ImageInfo:
         emulators=_emulators(s.emulators, config), xenstore_keys=s.xenstore_keys,
         shared_info=s.shared_info, config=config,
         verdict=Verdict(res.valid, ne, nw, verdict(res, name)),
+        restores_on=[f"{a} – {b}" if a != b else a for a, b in restoring_ranges(res)],
         notes=col.notes, result=res)
     return info
 
@@ -1078,6 +1082,9 @@ def _text(info: ImageInfo, name: str) -> List[str]:
     for note in info.notes:
         line("note", note)
     line("verdict", info.verdict.line)
+    if info.restores_on is not None:
+        line("restores on", ", ".join(f"Xen {r}" for r in info.restores_on) or
+             "no Xen release from 4.6 on (see verify --target-xen all)")
     return out
 
 
