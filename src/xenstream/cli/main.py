@@ -9,6 +9,7 @@ from typing import Any, List, Optional, Tuple
 
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
+from xenstream.cli.regs_cmd import add_regs
 from xenstream.consumers.report import RecordPrinter, finding_lines, to_json, verdict
 from xenstream.consumers.verify import verify
 from xenstream.errors import UsageError
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pages", type=int, default=2048, help="guest pages (default 2048 = 8 MiB)")
     s.add_argument("--vcpus", type=int, default=2, help="vcpus (default 2)")
     s.set_defaults(func=_sample)
+    add_regs(sub)
     return p
 
 
