@@ -10,6 +10,7 @@ from typing import Any, List, Optional, Tuple
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
 from xenstream.cli.inspect_cmd import add_dump, add_info
+from xenstream.cli.regs_cmd import add_regs
 from xenstream.consumers.report import RecordPrinter, finding_lines, to_json, verdict
 from xenstream.consumers.verify import verify
 from xenstream.errors import UsageError
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_config)
     add_info(sub)
     add_dump(sub)
+    add_regs(sub)
 
     cv = _command(
         sub, "convert", "convert a legacy (Xen <= 4.5) image to one current Xen restores",

@@ -289,6 +289,121 @@ APIC_BASE_ENABLE = 1 << 11
 APIC_BASE_BSP = 1 << 8
 MTRR_VCNT = 8
 
+# -- every record's fields, for the register decoder (xenstream.consumers.regs) -------
+#
+# struct layouts of xen/include/public/arch-x86/hvm/save.h (HEAD; x86_64
+# hypervisor).  A bit field is (name, shift, width), as in formats.x86.
+
+#: hvm_hw_cpu.pending_event (the union's bit fields)
+CPU_PENDING_EVENT = (("vector", 0, 8), ("type", 8, 3), ("error_valid", 11, 1), ("valid", 31, 1))
+#: the two bytes of hvm_hw_vpic's bit fields
+PIC_STATE_BITS = (("init_state", 0, 4), ("priority_add", 4, 4))
+PIC_MODE_BITS = (("readsel_isr", 0, 1), ("poll", 1, 1), ("auto_eoi", 2, 1),
+                 ("rotate_on_auto_eoi", 3, 1), ("special_fully_nested_mode", 4, 1),
+                 ("special_mask_mode", 5, 1), ("is_master", 6, 1))
+VIOAPIC_NUM_PINS = 48
+IOAPIC_LAYOUT = Layout(
+    "hvm_hw_vioapic",
+    [("base_address", "Q"), ("ioregsel", "I"), ("id", "I")]
+    + [(f"redirtbl{i}", "Q") for i in range(VIOAPIC_NUM_PINS)],
+)
+#: union vioapic_redir_entry
+IOAPIC_REDIR_BITS = (("vector", 0, 8), ("delivery_mode", 8, 3), ("dest_mode", 11, 1),
+                     ("delivery_status", 12, 1), ("polarity", 13, 1), ("remote_irr", 14, 1),
+                     ("trig_mode", 15, 1), ("mask", 16, 1), ("dest_id", 56, 8))
+#: hvm_hw_lapic: VLAPIC_SW_DISABLED, VLAPIC_HW_DISABLED
+LAPIC_DISABLED = {1: "software", 2: "hardware"}
+APIC_BASE_ADDR_MASK = 0x000FFFFFFFFFF000
+#: LAPIC_REGS (hvm_hw_lapic_regs): the xAPIC MMIO page, 32-bit registers
+LAPIC_REGS_SIZE = 1024
+LAPIC_REG = {
+    "id": 0x20, "version": 0x30, "tpr": 0x80, "apr": 0x90, "ppr": 0xA0, "ldr": 0xD0,
+    "dfr": 0xE0, "svr": 0xF0, "esr": 0x280, "lvt_cmci": 0x2F0, "icr_low": 0x300,
+    "icr_high": 0x310, "lvt_timer": 0x320, "lvt_thermal": 0x330, "lvt_pmc": 0x340,
+    "lvt_lint0": 0x350, "lvt_lint1": 0x360, "lvt_error": 0x370, "timer_initial": 0x380,
+    "timer_current": 0x390, "timer_divide": 0x3E0,
+}
+#: 256-bit vector bitmaps: 8 registers of 32 bits, 16 bytes apart
+LAPIC_VECTOR_BANKS = {"isr": 0x100, "tmr": 0x180, "irr": 0x200}
+LAPIC_BANK_STRIDE = 0x10
+LVT_BITS = (("vector", 0, 8), ("delivery_mode", 8, 3), ("delivery_status", 12, 1),
+            ("polarity", 13, 1), ("remote_irr", 14, 1), ("trigger", 15, 1), ("mask", 16, 1),
+            ("timer_mode", 17, 2))
+LVT_TIMER_MODES = {0: "one-shot", 1: "periodic", 2: "TSC-deadline", 3: "reserved"}
+PCI_IRQ_LAYOUT = Layout("hvm_hw_pci_irqs", [("i0", "Q"), ("i1", "Q")])
+ISA_IRQ_LAYOUT = Layout("hvm_hw_isa_irqs", [("i", "Q")])
+PCI_LINK_LAYOUT = Layout(
+    "hvm_hw_pci_link",
+    [(f"route{i}", "B") for i in range(4)] + [(f"pad{i}", "B") for i in range(4)],
+)
+PIT_CHANNELS = 3
+PIT_TAIL = Layout("hvm_hw_pit tail", [("speaker_data_on", "I"), ("pad0", "I")])
+PIT_TAIL_OFFSET = PIT_CHANNELS * PIT_CHANNEL.size
+#: hvm_hw_rtc: the CMOS clock registers 0-13, by their MC146818 names
+RTC_CMOS = ("seconds", "seconds_alarm", "minutes", "minutes_alarm", "hours", "hours_alarm",
+            "day_of_week", "day_of_month", "month", "year", "reg_a", "reg_b", "reg_c", "reg_d")
+RTC_LAYOUT = Layout(
+    "hvm_hw_rtc",
+    [(n, "B") for n in RTC_CMOS] + [("cmos_index", "B"), ("pad0", "B"), ("rtc_offset", "q")],
+)
+HPET_TIMER_NUM = 3
+HPET_LAYOUT = Layout(
+    "hvm_hw_hpet",
+    [("capability", "Q"), ("_res0", "Q"), ("config", "Q"), ("_res1", "Q"), ("isr", "Q")]
+    + [(f"_res2_{i}", "Q") for i in range(25)]
+    + [("mc64", "Q"), ("_res3", "Q")]
+    + [(f"timer{t}_{f}", "Q") for t in range(HPET_TIMER_NUM)
+       for f in ("config", "cmp", "fsb", "_res4")]
+    + [(f"_res5_{i}", "Q") for i in range(4 * (24 - HPET_TIMER_NUM))]
+    + [(f"period{t}", "Q") for t in range(HPET_TIMER_NUM)],
+)
+PMTIMER_LAYOUT = Layout("hvm_hw_pmtimer", [("tmr_val", "I"), ("pm1a_sts", "H"), ("pm1a_en", "H")])
+MTRR_FIXED = ("fix64K_00000", "fix16K_80000", "fix16K_A0000", "fix4K_C0000", "fix4K_C8000",
+              "fix4K_D0000", "fix4K_D8000", "fix4K_E0000", "fix4K_E8000", "fix4K_F0000",
+              "fix4K_F8000")
+# Xen >= 4.12's saver (hvm_save_mtrr_msr(), since 343eb57023) writes
+# var_ranges[0] into every variable pair (``m->var_ranges->base`` for each i):
+# the pairs are decoded as stored.
+MTRR_LAYOUT = Layout(
+    "hvm_hw_mtrr",
+    [("msr_pat_cr", "Q")]
+    + [(f"var{i}_{half}", "Q") for i in range(MTRR_VCNT) for half in ("base", "mask")]
+    + [(n, "Q") for n in MTRR_FIXED]
+    + [("msr_mtrr_cap", "Q"), ("msr_mtrr_def_type", "Q")],
+)
+MTRR_CAP_VCNT = (0, 8)  # (shift, width)
+MTRR_DEF_TYPE_BITS = (("type", 0, 8), ("fixed_enabled", 10, 1), ("enabled", 11, 1))
+MTRR_VAR_VALID = 1 << 11  # in a variable range's mask
+MTRR_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB", 7: "UC-"}
+VIRIDIAN_DOMAIN_LAYOUT = Layout(
+    "hvm_viridian_domain_context",
+    [("hypercall_gpa", "Q"), ("guest_os_id", "Q"), ("time_ref_count", "Q"),
+     ("reference_tsc", "Q")],
+)
+VIRIDIAN_VCPU_LAYOUT = Layout(
+    "hvm_viridian_vcpu_context",
+    [("vp_assist_msr", "Q"), ("apic_assist_pending", "B"), ("_pad0", "B"), ("_pad1", "H"),
+     ("_pad2", "I"), ("simp_msr", "Q")]
+    + [(f"sint{i}_msr", "Q") for i in range(16)]
+    + [(f"stimer{i}_config_msr", "Q") for i in range(4)]
+    + [(f"stimer{i}_count_msr", "Q") for i in range(4)],
+)
+VMCE_VCPU_LAYOUT = Layout(
+    "hvm_vmce_vcpu",
+    [("caps", "Q"), ("mci_ctl2_bank0", "Q"), ("mci_ctl2_bank1", "Q"), ("mcg_ext_ctl", "Q")],
+)
+TSC_ADJUST_LAYOUT = Layout("hvm_tsc_adjust", [("tsc_adjust", "Q")])
+#: typecode -> the layout of its whole body (strict and zero-extend types)
+RECORD_LAYOUTS: Dict[int, Layout] = {
+    HEADER_CODE: HEADER, PIC: PIC_LAYOUT, IOAPIC: IOAPIC_LAYOUT, LAPIC: LAPIC_LAYOUT,
+    PCI_IRQ: PCI_IRQ_LAYOUT, ISA_IRQ: ISA_IRQ_LAYOUT, PCI_LINK: PCI_LINK_LAYOUT,
+    RTC: RTC_LAYOUT, HPET: HPET_LAYOUT, PMTIMER: PMTIMER_LAYOUT, MTRR: MTRR_LAYOUT,
+    VIRIDIAN_DOMAIN: VIRIDIAN_DOMAIN_LAYOUT, VIRIDIAN_VCPU: VIRIDIAN_VCPU_LAYOUT,
+    VMCE_VCPU: VMCE_VCPU_LAYOUT, TSC_ADJUST: TSC_ADJUST_LAYOUT,
+}
+assert all(lay.size == TYPECODES[code].size for code, lay in RECORD_LAYOUTS.items())
+assert PIT_TAIL_OFFSET + PIT_TAIL.size == TYPECODES[PIT].size
+
 
 # -- public types ---------------------------------------------------------------
 
