@@ -221,3 +221,43 @@ def test_pv_live_migration_attempt_leaves_guest_running(xen: Any) -> None:
 def test_pv_live_migration(xen: Any) -> None:
     m = results(xen)["migrate"]["pv"]
     assert m["rc"] == 0, m["out"][-3000:]
+
+
+@pytest.mark.parametrize("key", sorted(IMAGES))
+def test_inspect_real_image(xen: Any, key: str) -> None:
+    """info, dump and regs on every image the real Xen saved (issue 11): the
+    values the guest's configuration and Xen 4.17's saver put there."""
+    from xenstream.consumers.dump import records
+    from xenstream.consumers.info import summary
+    from xenstream.consumers.regs import read_state
+
+    im = results(xen)["images"].get(key)
+    assert im and im.get("copied"), f"{key} was not copied out"
+    path = str(xen.out / im["copied"])
+    name, nvcpus = IMAGES[key]
+    info = summary(path)
+    assert info.verdict.valid, info.verdict.line
+    assert info.saved_by.xen_version == "4.17" and not info.saved_by.converted
+    assert info.guest.type == ("pv" if key in PV_IMAGES else "pvh"), info.guest
+    assert len(info.vcpus.online) == nvcpus, info.vcpus
+    assert info.config is not None and info.config.name == name
+    assert info.config.max_memory_kib == MEMORY_MB * 1024
+    mem = info.memory
+    assert mem.resident_pages is not None and mem.resident_pages * 4096 > MEMORY_MB * 0.8 * 2**20
+    assert mem.highest_pfn is not None and mem.highest_pfn * 4096 < MEMORY_MB * 1.1 * 2**20
+    if key == "pvh-migrate":  # live migration: later iterations resend dirty pages
+        assert (mem.pfns_sent_more_than_once or 0) > 0
+    st = read_state(path)
+    assert st.guest_type == info.guest.type
+    assert [v.vcpu for v in st.vcpus if v.online] == info.vcpus.online
+    for v in st.vcpus:
+        if v.online:
+            assert v.regs.get("rip", 0) != 0 and v.control.get("cr3", 0) != 0, v
+    rows = list(records(path))
+    types = [r.type for r in rows]
+    assert types.count("END") >= 1 and "PAGE_DATA" in types
+    assert ("X86_PV_VCPU_BASIC" in types) == (key in PV_IMAGES)
+    assert ("HVM_CONTEXT" in types) == (key not in PV_IMAGES)
+    # the folded PAGE_DATA runs carry every page info counted (data pages)
+    pages = sum(int(r.fields["pages"]) for r in rows if r.type == "PAGE_DATA")
+    assert pages == mem.data_pages >= mem.resident_pages
