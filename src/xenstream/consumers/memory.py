@@ -134,8 +134,8 @@ class PageFile:
         if e.errno == errno.EFBIG:
             return OutputError(0, f"pfn {pfn:#x} needs offset {self.offset(pfn):#x} of "
                                 f"{self.name}, more than its filesystem holds "
-                                f"({e.strerror}): use a filesystem with larger files, or "
-                                "--format xen-core (its pages are dense)")
+                                f"({e.strerror}): put the output (and --tmpdir) on a filesystem that holds "
+                                "larger files")
         return OutputError(0, f"cannot write {self.name}: {e.strerror}")
 
     def readable(self) -> int:

@@ -199,6 +199,9 @@ def finish_xen_core(fd: int, *, pages_offset: int, nr_pages: int, runs: Runs, hv
     p2m = not hvm
     entry = xencore.P2M_ENTRY.size if p2m else 8
     strtab = _StrTab()
+    # the names in the order of the section headers, as Xen's writer adds
+    # them: Volatility 3 takes a name's position in .shstrtab for its index
+    name = strtab.add(elf.SHSTRTAB)
     at = pages_offset + nr_pages * PAGE
     table_off = at
     for piece in _batched(_pfn_table(runs, p2m)):
@@ -231,7 +234,6 @@ def finish_xen_core(fd: int, *, pages_offset: int, nr_pages: int, runs: Runs, hv
                     PAGE))
     shdrs.append(sh(xencore.SEC_P2M if p2m else xencore.SEC_PFN, elf.SHT_PROGBITS, table_off,
                     entry * nr_pages, 8, entry))
-    name = strtab.add(elf.SHSTRTAB)
     str_off = at
     at = _pwrite_all(fd, bytes(strtab.data), str_off)
     strtab_hdr = _pack(SHDR, sh_name=name, sh_type=elf.SHT_STRTAB, sh_offset=str_off,
