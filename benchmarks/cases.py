@@ -114,6 +114,7 @@ _SEEKABLE = Targets(max_ratio=0.5, max_read_fraction=0.01, max_rss_mib=64)
 #: file to file; {out} is in the temp dir (same filesystem as the image), removed after each run
 _CONVERT_FILE = ("xenstream", "convert", "-q", "{image}", "{out}")
 _DD = ("dd", "if={image}", "of={out}", "bs=4M")
+_CP = ("cp", "{image}", "{out}")
 #: exactly libxl's argv (libxl_convert_callout.c): the saved image's fd in, a pipe out
 _DROPIN_LIBXL = ("convert-legacy-stream", "--in", "0", "--out", "1", "--width", "64",
                  "--guest", "hvm", "--format", "libxl")
@@ -231,4 +232,32 @@ CASES = [
          tool=_upstream_convert("hvm"), reference=_DD,
          upstream=True, expect_exit=None, group="convert",
          what="upstream at 64 MiB (RSS comparison)"),
+
+    # -- extract-memory: the guest's memory out of a save image, beside a plain copy of it.
+    # raw: the page data moves by copy_file_range to pfn * 4096 of a sparse file, as much
+    # data as cp moves; elf and xen-core add headers after the data (xen-core closes the
+    # gaps between runs, none in this image): within 10% of raw, so <= 1.05 * 1.1 of cp.
+    Case("extract-raw-4g", "libxc-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "{image}", "-o", "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.05, max_rss_mib=64), group="extract",
+         what="v3 image to a sparse raw file, against cp of the image"),
+    Case("extract-raw-legacy-4g", "legacy-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "{image}", "-o", "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.05, max_rss_mib=64), group="extract",
+         what="legacy image (bulk batch runs) to a sparse raw file, against cp"),
+    Case("extract-elf-4g", "libxc-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--format", "elf", "{image}", "-o",
+               "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.155, max_rss_mib=64), group="extract",
+         what="ELF core: one PT_LOAD, the notes after the data"),
+    Case("extract-xen-core-4g", "libxc-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--format", "xen-core", "{image}", "-o",
+               "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.155, max_rss_mib=64), group="extract",
+         what="xl dump-core layout; no hole, so no page moves"),
+    Case("extract-xen-core-hole-4g", "legacy-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--format", "xen-core", "{image}", "-o",
+               "{out}"),
+         reference=_CP, targets=Targets(max_rss_mib=64), group="extract",
+         what="information: a hole at the middle pfn, the 2 GiB above it move down once"),
 ]

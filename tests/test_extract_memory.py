@@ -90,6 +90,16 @@ def test_pfnmap_against_a_set() -> None:
         assert [p for s, e in m.runs() for p in range(s, e)] == sorted(ref)
         assert all(e1 < s2 for (_, e1), (s2, _) in zip(list(m.runs()), list(m.runs())[1:]))
         assert all((p in m) == (p in ref) for p in rnd.sample(range(lim), 40))
+        for p in rnd.sample(range(lim), 10):
+            base = p - p % CHUNK
+            assert m.below_in_chunk(p) == sum(1 for q in range(base, p) if q in ref)
+        a = rnd.randrange(lim)
+        b = min(lim, a + rnd.randrange(1, 3 * CHUNK))
+        segs = m.segments(a, b)
+        assert segs[0][0] == a and segs[-1][1] == b
+        assert all(e1 == s2 for (_, e1, _), (s2, _, _) in zip(segs, segs[1:]))
+        assert all(all((q in ref) == inside for q in range(s, e)) for s, e, inside in segs)
+        assert all(x[2] != y[2] for x, y in zip(segs, segs[1:]))
 
 
 def test_pfnmap_full_chunks_are_shared() -> None:
@@ -324,27 +334,43 @@ def test_a_pfn_the_output_cannot_hold_is_a_clear_error(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["img"]
 
 
-def test_xen_core_closes_the_gaps(tmp_path: Path) -> None:
-    """Pages above a hole move down to their place in the dense .xen_pages."""
+@pytest.mark.parametrize("order", ["ascending", "new-pfn-below"])
+def test_xen_core_dense_pages(tmp_path: Path, order: str) -> None:
+    """.xen_pages is dense: pages go straight to their index while new pfns come
+    in ascending order (resends go to their index too); a new pfn below the
+    top moves the pages above the holes, once, to close the gaps at the end."""
     buf = io.BytesIO()
     w = LibxcWriter(buf)
     w.headers("hvm")
     pages = {p: page(p, 0) for p in [0, 1, 2] + list(range(300, 700)) + [5000, 5001]}
-    order = sorted(pages)
-    for i in range(0, len(order), 64):
-        chunk = order[i:i + 64]
+    pfns = sorted(pages)
+    for i in range(0, len(pfns), 64):
+        chunk = pfns[i:i + 64]
         w.page_data(chunk, 0, [pages[p] for p in chunk])
-    w.page_data([1], 0, [page(1, 5)])  # and a later copy
-    pages[1] = page(1, 5)
+    w.page_data([1, 301, 5001], 0, [page(1, 5), page(301, 5), page(5001, 5)])  # resends
+    pages.update({1: page(1, 5), 301: page(301, 5), 5001: page(5001, 5)})
+    if order == "new-pfn-below":
+        w.page_data([100, 101], 0, [page(100, 0), page(101, 0)])
+        pages.update({100: page(100, 0), 101: page(101, 0)})
     w.hvm_context(b"")
     w.end()
     img = tmp_path / "img"
     img.write_bytes(buf.getvalue())
     out = tmp_path / "o.core"
     res = extract_memory(str(img), str(out), format="xen-core")
-    assert res.moved_pages == len(pages) - 3
+    if order == "new-pfn-below":
+        assert res.moved_pages > 0
+    else:
+        assert res.moved_pages == 0
     check_xen_core(out, Built(b"", pages, "hvm"))
     assert out.stat().st_size < (len(pages) + 8) * PAGE  # no hole left behind the pages
+
+
+@pytest.mark.parametrize("cut", [None, "inside"])
+def test_xen_core_dense_through_checkpoints(tmp_path: Path, cut: Any) -> None:
+    """Later checkpoints add pfns of the hole (below the top): the store spreads."""
+    built = v2_image("libxl", "hvm", checkpoints=3, cut=cut)
+    check_xen_core(extract(tmp_path, built, "xen-core"), built)
 
 
 def test_elf_extended_numbering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,15 +27,18 @@ it) or ``pwrite`` (from a pipe), a run of consecutive pfns at a time; the
 per-pfn state is a :class:`~xenstream.consumers.pfnmap.PfnMap` bitmap.  The
 first checkpoint's pages go straight to the output, those of each later
 checkpoint to a sparse staging file (mode 0600, in ``tmpdir``) and are
-copied into the output when the checkpoint completes.  ``raw`` to a stream
-and every output to a pipe-like target stage the whole memory (which pfns a
-later record resends is known only at the end of the stream).  ``elf`` and
-``xen-core`` lay the pages at ``4096 + pfn * 4096`` as they come and write
-their headers after the data (the ELF header last, at offset 0); xen-core
-then closes the gaps, moving each run of pages down to its place in the
-dense ``.xen_pages``: nothing moves when the pfns have no holes, and the
-pages above the first hole move once otherwise.  The output is written to
-an exclusive temporary file (mode 0600) renamed on success
+copied into the output when the checkpoint completes.  ``raw`` to a pipe, a
+device or a file opened for appending stages the whole memory in such a file
+first (whether a later record resends a page is known only at the end of the
+stream).  ``elf`` lays the
+pages at ``4096 + pfn * 4096`` as they come and writes its headers after the
+data (the ELF header last, at offset 0).  ``xen-core`` puts each page
+straight at its index in the dense ``.xen_pages`` while every pfn new to the
+image comes above the others (a save's first iteration is in ascending
+order, later iterations and checkpoints resend pages already sent); a new
+pfn below them spreads the pages to ``4096 + pfn * 4096`` (moving those above
+the first hole up once) and the gaps are closed at the end (moving them down
+once).  The output is written to an exclusive temporary file (mode 0600) renamed on success
 (:mod:`xenstream.consumers.output`).
 """
 
@@ -49,7 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from xenstream.consumers.compressed import CompressedDataError, CompressedDecoder
 from xenstream.consumers.output import ExtractError, Output, open_output, output_mode
-from xenstream.consumers.pfnmap import PfnMap
+from xenstream.consumers.pfnmap import CHUNK_SHIFT, PfnMap
 from xenstream.consumers.restore_points import COMMIT, DROP, at_end, restore_point
 from xenstream.consumers.vcpu_core import VcpuCore, hvm_vcpus, pv_vcpu
 from xenstream.errors import FormatError, TruncatedError, UsageError
@@ -127,15 +130,16 @@ class PageFile:
         os.unlink(path)
         return cls(fd, 0, what, rfd=fd)
 
-    def offset(self, pfn: int) -> int:
-        return self.base + pfn * PAGE
+    def offset(self, index: int) -> int:
+        """Where page ``index`` of the file is (the pfn, in a sparse file)."""
+        return self.base + index * PAGE
 
-    def _fail(self, e: OSError, pfn: int) -> OutputError:
+    def _fail(self, e: OSError, pfn: int, index: int) -> OutputError:
         if e.errno == errno.EFBIG:
-            return OutputError(0, f"pfn {pfn:#x} needs offset {self.offset(pfn):#x} of "
-                                f"{self.name}, more than its filesystem holds "
-                                f"({e.strerror}): put the output (and --tmpdir) on a filesystem that holds "
-                                "larger files")
+            return OutputError(0, f"pfn {pfn:#x} needs offset {self.offset(index):#x} of "
+                               f"{self.name}, more than its filesystem holds ({e.strerror}): "
+                               "put the output (and --tmpdir) on a filesystem that holds "
+                               "larger files")
         return OutputError(0, f"cannot write {self.name}: {e.strerror}")
 
     def readable(self) -> int:
@@ -150,25 +154,26 @@ class PageFile:
                                   "this image): give a path as the output") from None
         return self._rfd
 
-    def read_page(self, pfn: int) -> bytes:
-        data = os.pread(self.readable(), PAGE, self.offset(pfn))
+    def read_page(self, index: int) -> bytes:
+        data = os.pread(self.readable(), PAGE, self.offset(index))
         return data + bytes(PAGE - len(data)) if len(data) < PAGE else data
 
-    def write(self, pfn: int, data: bytes) -> None:
+    def write(self, index: int, data: bytes, pfn: Optional[int] = None) -> None:
         try:
             view = memoryview(data)
-            at = self.offset(pfn)
+            at = self.offset(index)
             while view:
                 n = os.pwrite(self.fd, view, at)
                 view = view[n:]
                 at += n
         except OSError as e:
-            raise self._fail(e, pfn) from None
+            raise self._fail(e, index if pfn is None else pfn, index) from None
 
-    def copy_in(self, in_fd: int, in_off: int, pfn: int, n: int) -> None:
-        """``n`` pages at ``in_off`` of the seekable ``in_fd`` to ``pfn``."""
+    def copy_in(self, in_fd: int, in_off: int, index: int, n: int,
+                pfn: Optional[int] = None) -> None:
+        """``n`` pages at ``in_off`` of the seekable ``in_fd`` to page ``index``."""
         left = n * PAGE
-        src, dst = in_off, self.offset(pfn)
+        src, dst = in_off, self.offset(index)
         try:
             while left and self._cfr:
                 try:
@@ -187,7 +192,8 @@ class PageFile:
             if left:
                 self._bounce(in_fd, src, dst, left)
         except OSError as e:
-            raise self._fail(e, pfn + (dst - self.offset(pfn)) // PAGE) from None
+            done = (dst - self.offset(index)) // PAGE
+            raise self._fail(e, (index if pfn is None else pfn) + done, index + done) from None
 
     def _bounce(self, in_fd: int, src: int, dst: int, left: int) -> None:
         if self._buf is None:
@@ -205,33 +211,21 @@ class PageFile:
             dst += k
             left -= k
 
-    def copy_within(self, src_pfn: int, dst_index: int, n: int) -> None:
-        """Move ``n`` pages from ``src_pfn``'s place to ``dst_index``'s (lower,
-        in this file), front to back: what a later piece reads is never
-        overwritten before."""
-        src, dst = self.offset(src_pfn), self.offset(dst_index)
-        shift = src - dst
-        left = n * PAGE
+    def move(self, src_index: int, dst_index: int, n: int) -> None:
+        """Move ``n`` pages within this file through the bounce buffer: front
+        to back when moving down, back to front when moving up, so that no
+        piece is overwritten before it is read (each is read whole first)."""
+        if src_index == dst_index or not n:
+            return
         fd = self.readable()
-        while left:
-            k = min(left, shift, COPY_CHUNK)
-            if k >= BOUNCE and self._cfr:
-                try:
-                    got = os.copy_file_range(fd, self.fd, k, src, dst)
-                except OSError:
-                    self._cfr = False
-                    continue
-                if got <= 0:
-                    raise ExtractError(0, f"{self.name}: short copy while closing the gaps")
-            else:
-                got = min(k, BOUNCE)
-                self._bounce(fd, src, dst, got)
-            src += got
-            dst += got
-            left -= got
+        size = n * PAGE
+        src, dst = self.offset(src_index), self.offset(dst_index)
+        starts = range(0, size, BOUNCE)
+        for i in (reversed(starts) if dst_index > src_index else starts):
+            self._bounce(fd, src + i, dst + i, min(BOUNCE, size - i))
 
-    def copy_to(self, out: PageFile, pfn: int, n: int) -> None:
-        out.copy_in(self.readable(), self.offset(pfn), pfn, n)
+    def copy_to(self, out: PageFile, index: int, n: int, out_index: int, pfn: int) -> None:
+        out.copy_in(self.readable(), self.offset(index), out_index, n, pfn)
 
     def reset(self) -> None:
         os.ftruncate(self.fd, 0)
@@ -246,11 +240,83 @@ class PageFile:
 
 
 class _Pages:
-    """Pages and the bitmap of the pfns they hold."""
+    """Pages and the bitmap of the pfns they hold: page ``pfn`` at index ``pfn``
+    of the file (a staging file, a raw or ELF output)."""
 
     def __init__(self, file: PageFile) -> None:
         self.file = file
         self.pfns = PfnMap()
+
+    def claim(self, pfn: int, n: int) -> List[Tuple[int, int, int]]:
+        """Take pfns ``pfn .. pfn+n-1`` in: ``(pfn, count, index)`` of where
+        each piece goes in the file."""
+        self.pfns.add(pfn, pfn + n)
+        return [(pfn, n, pfn)]
+
+    def index(self, pfn: int) -> int:
+        return pfn
+
+    def discard(self, pfn: int) -> None:
+        self.pfns.discard(pfn, pfn + 1)
+
+
+class _DenseStore(_Pages):
+    """xen-core's pages, dense while it can be: as long as every pfn new to
+    the set comes above all the others (a save sends its first iteration in
+    ascending order, resends only pages it sent), page ``pfn`` is at index
+    ``rank(pfn)``, its final place in ``.xen_pages``.  A pfn new below the
+    top, or a pfn taken out, spreads the pages to index = pfn (moving them up
+    once) and the store goes on sparse; the gaps are closed at the end."""
+
+    def __init__(self, file: PageFile) -> None:
+        super().__init__(file)
+        self.dense = True
+        self.count = 0
+        self.top = -1
+        self._base: Dict[int, int] = {}  # chunk -> rank of its first pfn
+        self.moved = 0  # pages moved by a spread
+
+    def index(self, pfn: int) -> int:
+        if not self.dense:
+            return pfn
+        return self._base[pfn >> CHUNK_SHIFT] + self.pfns.below_in_chunk(pfn)
+
+    def claim(self, pfn: int, n: int) -> List[Tuple[int, int, int]]:
+        if not self.dense:
+            return super().claim(pfn, n)
+        pieces = self.pfns.segments(pfn, pfn + n)
+        if any(not present and s <= self.top for s, _e, present in pieces):
+            self.spread()
+            return super().claim(pfn, n)
+        out = [(s, e - s, self.index(s)) for s, e, present in pieces if present]
+        if not pieces[-1][2]:  # the new pfns, above the top: appended
+            s, e, _ = pieces[-1]
+            for c in range(s >> CHUNK_SHIFT, ((e - 1) >> CHUNK_SHIFT) + 1):
+                self._base.setdefault(c, self.count + max(0, (c << CHUNK_SHIFT) - s))
+            out.append((s, e - s, self.count))
+            self.count += e - s
+            self.top = e - 1
+        self.pfns.add(pfn, pfn + n)
+        return out
+
+    def discard(self, pfn: int) -> None:
+        if self.dense and pfn in self.pfns:
+            self.spread()
+        super().discard(pfn)
+
+    def spread(self) -> None:
+        """From index = rank to index = pfn: each run moves up, the highest first."""
+        placed = []
+        j = 0
+        for a, b in self.pfns.runs():
+            placed.append((a, b, j))
+            j += b - a
+        for a, b, j in reversed(placed):
+            if a != j:
+                self.file.move(j, a, b - a)
+                self.moved += b - a
+        self.dense = False
+        self._base.clear()
 
 
 def _runs_of(pfns: Sequence[int]) -> List[Tuple[int, int, int]]:
@@ -305,8 +371,9 @@ class MemoryExtraction:
             self.res.staged = True
             self.store = _Pages(PageFile.temporary(tmpdir, "the staging file"))
         else:
-            self.store = _Pages(PageFile(out.fd, CORE_BASE if fmt != "raw" else base, out.name,
-                                         rfd=out.fd if owned else None))
+            f = PageFile(out.fd, CORE_BASE if fmt != "raw" else base, out.name,
+                         rfd=out.fd if owned else None)
+            self.store = _DenseStore(f) if fmt == "xen-core" else _Pages(f)
         self.stage: Optional[_Pages] = None  # a later checkpoint's pages
         self.committed = 0  # complete checkpoints
         self.verify = False
@@ -526,11 +593,11 @@ class MemoryExtraction:
             def get(pfn: int) -> bytes:
                 if pfn in stage.pfns:
                     return stage.file.read_page(pfn)
-                return store.file.read_page(pfn) if pfn in store.pfns else ZERO_PAGE
+                return store.file.read_page(store.index(pfn)) if pfn in store.pfns else ZERO_PAGE
 
             def put(pfn: int, page: bytes) -> None:
+                stage.claim(pfn, 1)
                 stage.file.write(pfn, page)
-                stage.pfns.add(pfn, pfn + 1)
 
             try:
                 self.decoder.data(c, get, put)
@@ -554,16 +621,17 @@ class MemoryExtraction:
         seek = self.seekable
         fd = self.src.fd
         for pfn, n, i in _runs_of(pfns):
-            if seek:
-                f.copy_in(fd, data_offset + i * PAGE, pfn, n)
-            else:
+            for p, k, index in dest.claim(pfn, n):
+                at = data_offset + (i + p - pfn) * PAGE
+                if seek:
+                    f.copy_in(fd, at, index, k, p)
+                    continue
                 assert read is not None
                 done = 0
-                while done < n:
-                    k = min(n - done, 256)
-                    f.write(pfn + done, read(k * PAGE))
-                    done += k
-            dest.pfns.add(pfn, pfn + n)
+                while done < k:
+                    m = min(k - done, 256)
+                    f.write(index + done, read(m * PAGE), p + done)
+                    done += m
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -578,13 +646,13 @@ class MemoryExtraction:
         store = self.store
         if stage is not None and stage.pfns:
             for a, b in stage.pfns.runs():
-                stage.file.copy_to(store.file, a, b - a)
-                store.pfns.add(a, b)
+                for p, k, index in store.claim(a, b - a):
+                    stage.file.copy_to(store.file, p, k, index, p)
             stage.pfns.clear()
             stage.file.reset()
         for pfn in self.c_unmapped:  # given back to Xen by the legacy restorer
             if pfn in store.pfns:
-                store.pfns.discard(pfn, pfn + 1)
+                store.discard(pfn)  # (a dense store spreads: index = pfn from now on)
                 store.file.write(pfn, ZERO_PAGE)
         self.c_unmapped = []
         if self.c_hvm is not None:
@@ -638,7 +706,7 @@ class MemoryExtraction:
                 try:
                     os.ftruncate(fd, size)  # the holes at the end
                 except OSError as e:
-                    raise self.store.file._fail(e, end_pfn) from None
+                    raise self.store.file._fail(e, end_pfn, end_pfn) from None
                 os.lseek(fd, size, os.SEEK_SET)
                 res.bytes_written = end_pfn * PAGE
         elif self.fmt == "elf":
@@ -662,12 +730,17 @@ class MemoryExtraction:
             os.lseek(fd, res.bytes_written, os.SEEK_SET)
 
     def _close_gaps(self) -> None:
-        """xen-core: move each run down to its index in the dense .xen_pages."""
-        f = self.store.file
+        """xen-core: each run to its index in the dense .xen_pages (nothing to
+        do if the store stayed dense)."""
+        store = self.store
+        f = store.file
         index = 0
-        for a, b in self.store.pfns.runs():
-            if a != index:
-                f.copy_within(a, index, b - a)
+        dense = isinstance(store, _DenseStore) and store.dense
+        if isinstance(store, _DenseStore):
+            self.res.moved_pages += store.moved
+        for a, b in store.pfns.runs():
+            if not dense and a != index:
+                f.move(a, index, b - a)
                 self.res.moved_pages += b - a
             index += b - a
         os.ftruncate(f.fd, f.offset(index))  # what lay above is gone

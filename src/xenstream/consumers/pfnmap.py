@@ -112,6 +112,52 @@ class PfnMap:
         i = pfn & (CHUNK - 1)
         return bool(cur[i >> 3] >> (i & 7) & 1)
 
+    def below_in_chunk(self, pfn: int) -> int:
+        """How many pfns of ``pfn``'s chunk below ``pfn`` are in the set."""
+        cur = self._chunks.get(pfn >> CHUNK_SHIFT)
+        i = pfn & (CHUNK - 1)
+        if cur is None:
+            return 0
+        if cur is _FULL:
+            return i
+        n = _popcount(cur[:i >> 3])
+        return n + bin(cur[i >> 3] & ((1 << (i & 7)) - 1)).count("1") if i & 7 else n
+
+    def segments(self, start: int, end: int) -> List[Tuple[int, int, bool]]:
+        """``[start, end)`` cut into ``(start, end, in the set)`` pieces, in order."""
+        out: List[Tuple[int, int, bool]] = []
+        pos = start
+        for s, e in self.runs_within(start, end):
+            if s > pos:
+                out.append((pos, s, False))
+            out.append((s, e, True))
+            pos = e
+        if pos < end:
+            out.append((pos, end, False))
+        return out
+
+    def runs_within(self, start: int, end: int) -> Iterator[Tuple[int, int]]:
+        """The runs of the set clipped to ``[start, end)``, ascending."""
+        pending: Optional[List[int]] = None
+        for c in range(start >> CHUNK_SHIFT, ((end - 1) >> CHUNK_SHIFT) + 1):
+            cur = self._chunks.get(c)
+            if cur is None:
+                continue
+            base = c << CHUNK_SHIFT
+            pieces = [(base, base + CHUNK)] if cur is _FULL else _bit_runs(cur, base)
+            for s, e in pieces:
+                s, e = max(s, start), min(e, end)
+                if s >= e:
+                    continue
+                if pending is not None and pending[1] == s:
+                    pending[1] = e
+                    continue
+                if pending is not None:
+                    yield pending[0], pending[1]
+                pending = [s, e]
+        if pending is not None:
+            yield pending[0], pending[1]
+
     def count(self) -> int:
         return sum(CHUNK if cur is _FULL else _popcount(cur) for cur in self._chunks.values())
 
