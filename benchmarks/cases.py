@@ -262,4 +262,33 @@ CASES = [
          targets=Targets(max_ratio=3.0, max_read_fraction=0.02, max_rss_mib=64),
          group="convert",
          what="verify the 1-8-page legacy image: one exact pread per batch, data skipped"),
+
+    # -- extract-memory (--no-fsync, as cp): the guest's memory out of a save image,
+    # beside a plain copy of it.
+    # raw: the page data moves by copy_file_range to pfn * 4096 of a sparse file, as much
+    # data as cp moves; elf and xen-core add headers after the data (xen-core closes the
+    # gaps between runs, none in this image): within 10% of raw, so <= 1.05 * 1.1 of cp.
+    Case("extract-raw-4g", "libxc-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--no-fsync", "{image}", "-o", "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.05, max_rss_mib=64), group="extract",
+         what="v3 image to a sparse raw file, against cp of the image"),
+    Case("extract-raw-legacy-4g", "legacy-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--no-fsync", "{image}", "-o", "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.05, max_rss_mib=64), group="extract",
+         what="legacy image (bulk batch runs) to a sparse raw file, against cp"),
+    Case("extract-elf-4g", "libxc-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--no-fsync", "--format", "elf", "{image}", "-o",
+               "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.155, max_rss_mib=64), group="extract",
+         what="ELF core: one PT_LOAD, the notes after the data"),
+    Case("extract-xen-core-4g", "libxc-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--no-fsync", "--format", "xen-core", "{image}", "-o",
+               "{out}"),
+         reference=_CP, targets=Targets(max_ratio=1.155, max_rss_mib=64), group="extract",
+         what="xl dump-core layout; no hole, so no page moves"),
+    Case("extract-xen-core-hole-4g", "legacy-hvm-4g",
+         tool=("xenstream", "extract-memory", "-q", "--no-fsync", "--format", "xen-core", "{image}", "-o",
+               "{out}"),
+         reference=_CP, targets=Targets(max_rss_mib=64), group="extract",
+         what="information: a hole (pfn-less XTAB) at the middle pfn, pages ascending: no page moves"),
 ]

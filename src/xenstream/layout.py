@@ -8,7 +8,7 @@ format modules declare their structures with it, apart from any logic.
 from __future__ import annotations
 
 import struct
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Sequence, Tuple, Union
 
 Fields = Dict[str, int]
 
@@ -26,7 +26,8 @@ class Layout:
     def unpack(self, data: bytes, endian: str = "<", offset: int = 0) -> Fields:
         return dict(zip(self.names, self._s[endian].unpack_from(data, offset)))
 
-    def pack(self, endian: str = "<", **values: int) -> bytes:
+    def pack(self, endian: str = "<", **values: Union[int, bytes]) -> bytes:
+        """``values`` by field name: ints, and bytes for ``s`` fields (NUL-padded)."""
         missing = [n for n in self.names if n not in values and not n.startswith("_")]
         if missing:
             raise TypeError(f"{self.name}: missing fields {', '.join(missing)}")

@@ -9,6 +9,7 @@ from typing import Any, List, Optional, Tuple
 
 from xenstream import __version__
 from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, guarded
+from xenstream.cli.extract_cmd import add_extract, add_extract_memory
 from xenstream.cli.inspect_cmd import add_dump, add_info
 from xenstream.cli.regs_cmd import add_regs
 from xenstream.consumers.report import RecordPrinter, finding_lines, to_json, verdict
@@ -355,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("-q", "--quiet", action="store_true",
                     help="print errors only (no warnings, no progress)")
     cv.set_defaults(func=_convert)
+
+    add_extract_memory(sub)
+    add_extract(sub)
 
     s = _command(
         sub, "sample", "write a small realistic save image",

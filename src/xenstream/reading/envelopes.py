@@ -163,7 +163,7 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
                                  f"end of stream{f' after {len(raw)} bytes' if raw else ''}"
                                  ": xenopsd fails the restore")
         ftype, length = xenopsd.FRAME.unpack(raw).values()
-        frame = items.Frame(ctx.index, at, ftype, length, None)
+        frame = items.Frame(ctx.index, at, ftype, length, None, src)
         ctx.index += 1
         sized = ftype in xenopsd.SIZED or ftype not in xenopsd.FRAME_NAMES
         if sized:
@@ -175,13 +175,13 @@ def read_xenopsd(ctx: Context, head: bytes, start: int) -> Iterator[items.Item]:
                                      f"end of stream after {rem} bytes")
             if ftype == xenopsd.XENOPS:
                 frame.head = _blob(ctx, length, xenopsd.METADATA_MAX, frame.what, LAYER_XENOPSD)
+                frame.consumed = length  # read, or skipped when too large to hold
             else:
                 frame.head = src.read(min(length, 16), what=frame.what, layer=LAYER_XENOPSD)
+                frame.consumed = len(frame.head)
         yield frame
         if sized:
-            done = len(frame.head) if frame.head is not None else length
-            src.skip(length - done if ftype != xenopsd.XENOPS else 0,
-                     what=frame.what, layer=LAYER_XENOPSD)
+            src.skip(length - frame.consumed, what=frame.what, layer=LAYER_XENOPSD)
         elif ftype == xenopsd.LIBXC:
             at2 = src.pos
             h = libxc_marker(ctx, "expected the libxc stream of the Libxc frame, found end of "

@@ -86,18 +86,22 @@ class EnvelopeData:
 class Frame:
     """One frame of a XenServer/xenopsd structured image.  ``head`` holds the
     first bytes of a sized payload (all of a Xenops metadata frame, None when
-    too large); the parser skips the rest."""
+    too large); a consumer may :meth:`read` on into the payload, and the
+    parser skips whatever is left."""
 
-    __slots__ = ("index", "offset", "ftype", "length", "head")
+    __slots__ = ("index", "offset", "ftype", "length", "head", "_src", "consumed")
     layer = LAYER_XENOPSD
 
     def __init__(self, index: int, offset: int, ftype: int, length: int,
-                 head: Optional[bytes]) -> None:
+                 head: Optional[bytes], src: Optional[Source] = None) -> None:
         self.index = index
         self.offset = offset
         self.ftype = ftype
         self.length = length
         self.head = head
+        self._src = src
+        #: payload bytes taken from the input so far (``head`` and :meth:`read`)
+        self.consumed = 0
 
     @property
     def name(self) -> str:
@@ -106,6 +110,17 @@ class Frame:
     @property
     def what(self) -> str:
         return f"record #{self.index} ({self.name} frame)"
+
+    def read(self, n: int) -> bytes:
+        """The next ``n`` bytes of a sized payload, after ``head`` (never past its end)."""
+        if self._src is None or n < 0 or self.consumed + n > self.length:
+            raise ValueError(f"read of {n} bytes past the payload of {self.what}")
+        at = self._src.pos
+        data = self._src.read_upto(n)
+        if len(data) != n:
+            raise TruncatedError(at, n, len(data), what=self.what, layer=self.layer)
+        self.consumed += n
+        return data
 
 
 class Mismatch:

@@ -1,5 +1,6 @@
 """Legacy (Xen <= 4.5) save images to streams current Xen restores."""
 
+from xenstream.consumers.compressed import decode_page
 from xenstream.consumers.convert.converter import Converter
 from xenstream.consumers.convert.envelope import device_model
 from xenstream.consumers.convert.options import (
@@ -8,7 +9,6 @@ from xenstream.consumers.convert.options import (
     ConvertOptions,
     ConvertResult,
 )
-from xenstream.consumers.convert.pagestate import decode_page
 from xenstream.consumers.convert.sink import Sink
 from xenstream.formats.legacy import parse_physmap, physmap_xenstore
 

@@ -3,7 +3,7 @@ compression, later checkpoints send each page as a delta against its previous
 copy (xc_compression.c's encoding): :class:`CompressedCheckpoints` keeps the
 current copy of every page in :class:`PageState`, a sparse temporary file
 filled from the first checkpoint's pages as written to the output, decodes the
-COMPRESSED_DATA chunks onto it with :func:`decode_page`, and writes each
+COMPRESSED_DATA chunks onto it with :class:`~xenstream.consumers.compressed.CompressedDecoder`, and writes each
 complete checkpoint's pages as PAGE_DATA records.
 """
 
@@ -14,6 +14,7 @@ import struct
 import tempfile
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from xenstream.consumers.compressed import CompressedDataError, CompressedDecoder
 from xenstream.consumers.convert.options import Context, ConversionError
 from xenstream.consumers.convert.sink import Sink
 from xenstream.errors import TruncatedError
@@ -43,44 +44,6 @@ class PageState:
         os.close(self.fd)
 
 
-# -- Remus page compression (xc_compression.c) ---------------------------------------
-
-
-def decode_page(prev: bytes, data: bytes, pos: int) -> Tuple[bytes, int]:
-    """Apply one compressed page at ``data[pos:]`` onto ``prev``; return the new
-    page and the position after it.  Raises ValueError on malformed data."""
-    if pos >= len(data):
-        raise ValueError("compressed data ends before the page")
-    b = data[pos]
-    if b == 0x00:  # EMPTY_PAGE: unchanged
-        return prev, pos + 1
-    if b == 0x80:  # FULL_PAGE
-        if pos + 1 + PAGE > len(data):
-            raise ValueError("compressed data ends inside a full page")
-        return data[pos + 1 : pos + 1 + PAGE], pos + 1 + PAGE
-    page = bytearray(prev)
-    off = 0
-    while off < PAGE:
-        if pos >= len(data):
-            raise ValueError("compressed data ends inside a page")
-        b = data[pos]
-        pos += 1
-        n = (b & 0x7F) * 4
-        if n == 0:
-            raise ValueError(f"run of length 0 at page offset {off}")
-        if off + n > PAGE:
-            raise ValueError(f"run of {n} bytes at page offset {off} overruns the page")
-        if b & 0x80:
-            off += n  # skip: unchanged bytes
-        else:
-            if pos + n > len(data):
-                raise ValueError("compressed data ends inside a copy run")
-            page[off : off + n] = data[pos : pos + n]
-            pos += n
-            off += n
-    return bytes(page), pos
-
-
 class CompressedCheckpoints:
     """The pages of compressed checkpoints: a batch names them (:meth:`batch`),
     COMPRESSED_DATA chunks bring their data (:meth:`data`), the checkpoint's
@@ -93,10 +56,8 @@ class CompressedCheckpoints:
         self.tmpdir = ctx.opts.tmpdir
         self._pages_sink = pages_sink
         self.state: Optional[PageState] = None
-        self.pending: List[int] = []  # pfns awaiting compressed data
+        self.decoder = CompressedDecoder()  # this checkpoint's pfns awaiting data
         self.entries: List[Tuple[int, int]] = []  # (entry, type) of this checkpoint
-        self.buf = b""
-        self.pending_index = 0
 
     def batch(self, keep: Sequence[int]) -> None:
         """A batch of a compressed checkpoint: its pages' data comes later."""
@@ -104,7 +65,7 @@ class CompressedCheckpoints:
             t = (e & legacy.PFINFO_TYPE_MASK) >> legacy.PFINFO_TYPE_SHIFT
             self.entries.append((e, t))
             if t not in legacy.NO_DATA_TYPES:
-                self.pending.append(e & legacy.PFINFO_PFN_MASK)
+                self.decoder.expect(e & legacy.PFINFO_PFN_MASK)
 
     def data(self, c: LChunk) -> None:
         """Decode compressed pages onto their previous copies, in bounded pieces;
@@ -114,28 +75,11 @@ class CompressedCheckpoints:
                 raise ConversionError(c.offset, "compressed data, but compression was never "
                                       "enabled (no ENABLE_COMPRESSION in the first checkpoint)")
             self.state = PageState(self.tmpdir)  # dry run: check the encoding only
-        left = c.length
-        while left:
-            piece = c.read(min(left, 1 << 20))
-            left -= len(piece)
-            data = self.buf + piece if self.buf else piece
-            pos = 0
-            while pos < len(data):
-                if self.pending_index >= len(self.pending):
-                    raise ConversionError(c.offset, "more compressed data than pages awaiting "
-                                          "it in this checkpoint")
-                pfn = self.pending[self.pending_index]
-                try:
-                    page, npos = decode_page(self.state.get(pfn), data, pos)
-                except ValueError as e:
-                    if "ends" in str(e):
-                        break  # the page continues in the next piece or chunk
-                    raise ConversionError(c.offset, f"malformed compressed page for pfn "
-                                          f"{pfn:#x}: {e}") from None
-                self.state.put(pfn, page)
-                self.pending_index += 1
-                pos = npos
-            self.buf = data[pos:]
+        state = self.state
+        try:
+            self.decoder.data(c, state.get, state.put)
+        except CompressedDataError as e:
+            raise ConversionError(e.offset, e.message) from None
 
     def enable(self) -> None:
         """The first checkpoint, which enabled compression, is complete."""
@@ -182,18 +126,15 @@ class CompressedCheckpoints:
 
     def end_checkpoint(self) -> None:
         """A later checkpoint is complete: write its pages, if it had any."""
-        if self.entries or self.pending:
+        if self.entries or self.decoder.pending:
             self._flush()
 
     def _flush(self) -> None:
         assert self.state is not None
-        missing = len(self.pending) - self.pending_index
-        if missing or self.buf:
-            raise ConversionError(self.src.pos, f"malformed compressed checkpoint: {missing} "
-                                  f"pages have no data, {len(self.buf)} bytes of "
-                                  "compressed data are left over")
-        self.pending = []
-        self.pending_index = 0
+        try:
+            self.decoder.finish(self.src.pos)
+        except CompressedDataError as e:
+            raise ConversionError(e.offset, e.message) from None
         ents = self.entries
         sink = self._pages_sink()
         for i in range(0, len(ents), 1024):
