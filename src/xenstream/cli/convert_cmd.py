@@ -13,9 +13,9 @@ their durability is the caller's).
 
 from __future__ import annotations
 
-import sys
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
+from xenstream.cli.common import Progress
 from xenstream.consumers.convert import (
     ConversionError,
     Converter,
@@ -51,41 +51,3 @@ def error_line(e: BaseException, name: str) -> Tuple[str, int]:
     if isinstance(e, OSError):
         return f"{name}: {e.strerror or e}", 1
     return f"internal error: {type(e).__name__}: {e}", 2
-
-
-class Progress:
-    """A progress bar on a terminal (tqdm when installed, a plain line otherwise)."""
-
-    def __init__(self, total: Optional[int], enabled: bool, label: str = "converting") -> None:
-        self.total = total
-        self.label = label
-        self.enabled = enabled and total is not None and sys.stderr.isatty()
-        self._bar = None
-        self._last = -1
-        if self.enabled:
-            try:
-                from tqdm import tqdm  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-                self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                 leave=False, desc=label)
-            except ImportError:
-                self._bar = None
-
-    def __call__(self, pos: int) -> None:
-        if not self.enabled or self.total is None:
-            return
-        if self._bar is not None:
-            self._bar.update(pos - self._bar.n)
-            return
-        pct = pos * 100 // max(1, self.total)
-        if pct != self._last:
-            self._last = pct
-            print(f"\r{self.label}: {pct:3d}%", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.close()
-        else:
-            print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)

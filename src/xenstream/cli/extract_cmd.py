@@ -13,8 +13,7 @@ import json
 import sys
 from typing import Any, Callable, Tuple
 
-from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE
-from xenstream.cli.convert_cmd import Progress
+from xenstream.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Progress
 from xenstream.consumers.output import ExtractError
 from xenstream.errors import FormatError, UsageError
 from xenstream.io import Source
