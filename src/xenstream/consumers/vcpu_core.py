@@ -13,19 +13,16 @@ kept as the stream has it (cr3 and the GDT frames as the saver normalised
 them: pfns, consistent with the identity ``.xen_p2m`` the core gets).
 """
 
-# merge: replace with consumers.regs.elf_gregs (the register decoders of the
-# regs work); this module then keeps only the .xen_prstatus context.
-
 from __future__ import annotations
 
 import struct
 from typing import Dict, List, Tuple
 
+from xenstream.consumers.regs import decode_hvm_context, decode_pv_context, elf_gregs
 from xenstream.formats import hvm, xencore
 from xenstream.formats.elf import GREGS_X86_64
 
 Gregs = Tuple[int, ...]
-_NOT_A_SYSCALL = (1 << 64) - 1  # orig_rax outside a system call (-1)
 
 
 class VcpuCore:
@@ -42,26 +39,20 @@ class VcpuCore:
         return self.gregs[GREGS_X86_64.index(name)]
 
 
-def _gregs(values: Dict[str, int]) -> Gregs:
-    return tuple(values.get(n, 0) for n in GREGS_X86_64)
-
-
-# merge: replace with consumers.regs.elf_gregs
 def hvm_vcpus(blob: bytes) -> List[VcpuCore]:
     """The vcpus of an HVM context blob: one per CPU record (typecode 2), by
-    instance; short older records are zero-extended as Xen loads them."""
+    instance; short older records are zero-extended as Xen loads them.  The
+    registers are :func:`xenstream.consumers.regs.elf_gregs` of what
+    ``regs`` decodes."""
+    _, decoded = decode_hvm_context(blob, 0)
+    gregs = {v.vcpu: elf_gregs(v) for v in decoded if v.online}
     out: Dict[int, VcpuCore] = {}
     for e in hvm.iter_entries(blob):
-        if e.typecode != hvm.CPU:
+        if e.typecode != hvm.CPU or e.instance not in gregs:
             continue
         body = e.body(blob)
         r = hvm.decode_cpu(body)
-        g = {n: r[n] for n in ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9",
-                               "r8", "rax", "rcx", "rdx", "rsi", "rdi", "rip", "rsp")}
-        g.update(orig_rax=_NOT_A_SYSCALL, eflags=r["rflags"], cs=r["cs_sel"], ss=r["ss_sel"],
-                 ds=r["ds_sel"], es=r["es_sel"], fs=r["fs_sel"], gs=r["gs_sel"],
-                 fs_base=r["fs_base"], gs_base=r["gs_base"])
-        out[e.instance] = VcpuCore(e.instance, _gregs(g), _hvm_context(body, r))  # last wins
+        out[e.instance] = VcpuCore(e.instance, gregs[e.instance], _hvm_context(body, r))
     return [out[v] for v in sorted(out)]
 
 
@@ -89,23 +80,7 @@ def _hvm_context(body: bytes, r: Dict[str, int]) -> bytes:
     return bytes(ctx)
 
 
-# merge: replace with consumers.regs.elf_gregs
 def pv_vcpu(vcpu_id: int, ctx: bytes, width: int) -> VcpuCore:
-    """A PV vcpu from its vcpu_guest_context (``width``: the guest's, 4 or 8)."""
-    if width == 8:
-        u = xencore.USER_REGS_X86_64.unpack(ctx, offset=xencore.VCPU_USER_REGS[8])
-        flags = struct.unpack_from("<Q", ctx, xencore.VCPU_FLAGS)[0]
-        fs_base, gs_kernel, gs_user = struct.unpack_from(
-            "<QQQ", ctx, xencore.VCPU_SEGMENT_BASES_X86_64)
-        g = {n: u[n] for n in ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9",
-                               "r8", "rax", "rcx", "rdx", "rsi", "rdi", "rip", "rsp", "cs", "ss",
-                               "ds", "es", "fs", "gs")}
-        g.update(orig_rax=_NOT_A_SYSCALL, eflags=u["rflags"], fs_base=fs_base,
-                 gs_base=gs_kernel if flags & xencore.VGCF_IN_KERNEL else gs_user)
-    else:
-        u = xencore.USER_REGS_X86_32.unpack(ctx, offset=xencore.VCPU_USER_REGS[4])
-        g = {f"r{n[1:]}": u[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "eip",
-                                         "esp")}
-        g.update(orig_rax=_NOT_A_SYSCALL, eflags=u["eflags"], cs=u["cs"], ss=u["ss"],
-                 ds=u["ds"], es=u["es"], fs=u["fs"], gs=u["gs"])
-    return VcpuCore(vcpu_id, _gregs(g), ctx)
+    """A PV vcpu from its vcpu_guest_context (``width``: the guest's, 4 or 8);
+    the registers are :func:`xenstream.consumers.regs.elf_gregs` of it."""
+    return VcpuCore(vcpu_id, elf_gregs(decode_pv_context(vcpu_id, ctx, width, 0, "core")), ctx)
