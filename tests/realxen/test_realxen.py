@@ -250,7 +250,7 @@ def test_inspect_real_image(xen: Any, key: str) -> None:
         assert mem.highest_pfn is not None and mem.highest_pfn * 4096 < MEMORY_MB * 1.1 * 2**20
     else:  # PVH: guest RAM, and the special pages libxl puts just below 0xff000 (4 GiB - 16 MiB)
         assert mem.highest_pfn is not None and 0xFEF00 <= mem.highest_pfn < 0xFF000, mem
-        assert mem.data_pages - MEMORY_MB * 256 <= 64, mem  # RAM plus a few special pages
+        assert mem.resident_pages - MEMORY_MB * 256 <= 64, mem  # RAM plus a few special pages
     if key == "pvh-migrate":  # live migration: later iterations resend dirty pages
         assert (mem.pfns_sent_more_than_once or 0) > 0
     st = read_state(path)
